@@ -1,0 +1,313 @@
+"""The on-disk format of a converted directory (version 1), described here and nowhere else.
+
+A converted directory holds:
+
+``mmpool.json`` -- the manifest, UTF-8 JSON::
+
+    {"format": "mmpool", "version": 1,
+     "pack_format": "npy" | "hdf5",
+     "schema": {"itemsize": 280,
+                "fields": [{"name": "planes", "dtype": "|u1", "shape": [4, 8, 8], "offset": 0}, ...]},
+     "packs":  [{"file": "pack-00000.npy", "rows": 400000, "bytes": 112004096, "data_offset": 4096}, ...],
+     "shards": [{"number": 42, "source": "shard_00042.npz", "pack": 0, "first_row": 0,
+                 "rows": 50000, "crc32": 1234567890}, ...]}
+
+Pack files -- a few large files, each one array of fixed-size records:
+
+* A record is one position, row-major: the fields sit at the byte offsets of an aligned numpy structured dtype
+  (``schema``), so a random gather touches one place per record.
+* ``npy`` packs are ordinary ``.npy`` files holding a 1-D structured array; ``np.load(path, mmap_mode="r")`` opens
+  them. mmpool writes a 4096-byte header so the records start on a page boundary.
+* ``hdf5`` packs hold one contiguous (unchunked, uncompressed) compound dataset named ``records`` that h5py and the
+  HDF5 tools read; its data starts at ``data_offset`` bytes into the file, where it can be memory-mapped.
+* ``bytes`` is the full file size; a pack file of another size is truncated or foreign, and is refused.
+
+Shards are row ranges inside packs: shard ``number`` is rows ``first_row .. first_row + rows - 1`` of pack ``pack``
+(an index into ``packs``). Many shards share a pack; ``crc32`` is the zlib CRC-32 of the shard's record bytes.
+Shards are listed in ascending ``number``; every shard of a directory has the same schema.
+
+Writing is atomic: packs are written under temporary names, fsynced and renamed; the manifest is replaced last,
+so it never refers to anything half-written. Files in the directory that the manifest does not name are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mmpool.errors import ShardError
+
+FORMAT_NAME = "mmpool"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "mmpool.json"
+HDF5_DATASET = "records"
+NPY_HEADER_BYTES = 4096
+PackKind = Literal["npy", "hdf5"]
+PACK_SUFFIX: dict[str, str] = {"npy": ".npy", "hdf5": ".h5"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a record: name, base dtype (numpy ``str`` form), per-record shape and byte offset."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The record layout shared by every shard of a directory."""
+
+    fields: tuple[Field, ...]
+    itemsize: int
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> Schema:
+        """Build the aligned row-major record layout for ``{name: (dtype, per-record shape)}``, in that order."""
+        dtype = np.dtype([(name, dt, shape) for name, (dt, shape) in fields.items()], align=True)
+        return cls.from_dtype(dtype)
+
+    @classmethod
+    def from_dtype(cls, dtype: np.dtype) -> Schema:
+        """The schema of a structured dtype."""
+        out = []
+        for name in dtype.names or ():
+            sub, offset = dtype.fields[name][:2]
+            base, shape = (sub.base, sub.shape) if sub.subdtype else (sub, ())
+            out.append(Field(name, base.str, tuple(int(s) for s in shape), int(offset)))
+        return cls(tuple(out), int(dtype.itemsize))
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy structured dtype of one record."""
+        return np.dtype(
+            {
+                "names": [f.name for f in self.fields],
+                "formats": [(f.dtype, f.shape) if f.shape else f.dtype for f in self.fields],
+                "offsets": [f.offset for f in self.fields],
+                "itemsize": self.itemsize,
+            }
+        )
+
+    def field_specs(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """``{name: (dtype, per-record shape)}``, the form augmentations and readers use."""
+        return {f.name: (np.dtype(f.dtype), f.shape) for f in self.fields}
+
+    def describe(self) -> str:
+        """One line per field, for messages and ``mmpool inspect``."""
+        return "\n".join(
+            f"  {f.name:<16} {np.dtype(f.dtype).name:<8} {str(f.shape):<14} offset {f.offset}" for f in self.fields
+        )
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """One pack file: its name inside the directory, record count, file size and where the records start."""
+
+    file: str
+    rows: int
+    bytes: int
+    data_offset: int
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard: a row range of a pack."""
+
+    number: int
+    source: str
+    pack: int
+    first_row: int
+    rows: int
+    crc32: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``mmpool.json`` of one converted directory."""
+
+    pack_format: PackKind
+    schema: Schema
+    packs: tuple[PackEntry, ...]
+    shards: tuple[ShardEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document, as written to disk."""
+        schema = {"itemsize": self.schema.itemsize, "fields": [asdict(f) for f in self.schema.fields]}
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "pack_format": self.pack_format,
+            "schema": schema,
+            "packs": [asdict(p) for p in self.packs],
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], where: Path) -> Manifest:
+        """Parse and sanity-check a manifest document; ``where`` names the file in errors."""
+        if doc.get("format") != FORMAT_NAME:
+            raise ShardError(f"{where}: not an mmpool manifest (no \"format\": \"mmpool\")")
+        if doc.get("version") != FORMAT_VERSION:
+            raise ShardError(
+                f"{where}: manifest version {doc.get('version')!r}, this mmpool reads version {FORMAT_VERSION}; "
+                "convert the shards again with this version"
+            )
+        try:
+            fields = tuple(
+                Field(f["name"], f["dtype"], tuple(f["shape"]), int(f["offset"])) for f in doc["schema"]["fields"]
+            )
+            schema = Schema(fields, int(doc["schema"]["itemsize"]))
+            packs = tuple(PackEntry(**p) for p in doc["packs"])
+            shards = tuple(ShardEntry(**s) for s in doc["shards"])
+            kind = doc["pack_format"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShardError(f"{where}: malformed manifest ({exc!r}); convert the shards again") from exc
+        for s in shards:
+            if not 0 <= s.pack < len(packs) or s.first_row + s.rows > packs[s.pack].rows:
+                raise ShardError(f"{where}: shard {s.number} points outside its pack; convert the shards again")
+        return cls(kind, schema, packs, shards)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read the manifest of a converted directory.
+
+    Raises ShardError when it is missing (telling the user to run the converter) or malformed.
+    """
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        what = "does not exist" if not Path(directory).exists() else f"has no {MANIFEST_NAME}"
+        raise ShardError(
+            f"{directory} {what}: it is not a converted directory. "
+            f"Convert its shards first: mmpool convert SRC {directory}"
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{path}: cannot read the manifest ({exc}); convert the shards again") from exc
+    return Manifest.from_json(doc, path)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Replace the manifest atomically: temporary file, fsync, rename, fsync of the directory."""
+    directory = Path(directory)
+    tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest.to_json(), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST_NAME)
+    fsync_dir(directory)
+
+
+def npy_header(dtype: np.dtype, rows: int) -> bytes:
+    """A version 1.0 ``.npy`` header padded to exactly NPY_HEADER_BYTES, so records start page-aligned."""
+    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows,)}
+    text = repr(d).encode("latin1")
+    body = NPY_HEADER_BYTES - 10  # magic (6) + version (2) + header length (2)
+    if len(text) + 1 > body:
+        raise ShardError(f"record schema too large for a {NPY_HEADER_BYTES}-byte .npy header ({len(text)} bytes)")
+    text = text + b" " * (body - len(text) - 1) + b"\n"
+    return b"\x93NUMPY\x01\x00" + body.to_bytes(2, "little") + text
+
+
+def record_bytes(records: np.ndarray) -> memoryview:
+    """The raw bytes of a contiguous record array (for checksums and writing) without a copy."""
+    return memoryview(np.ascontiguousarray(records).view(np.uint8).reshape(-1))
+
+
+def checksum(records: np.ndarray) -> int:
+    """CRC-32 of the record bytes, as stored per shard in the manifest."""
+    return zlib.crc32(record_bytes(records)) & 0xFFFFFFFF
+
+
+class PackWriter:
+    """Writes one pack file under a temporary name; ``commit`` makes it durable and gives it its final name."""
+
+    def __init__(self, path: Path, dtype: np.dtype, rows: int, kind: PackKind) -> None:
+        self.path = Path(path)
+        self.dtype = dtype
+        self.rows = rows
+        self.kind = kind
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.written = 0
+        if kind == "npy":
+            self._file = open(self.tmp, "wb")
+            self._file.write(npy_header(dtype, rows))
+        else:
+            import h5py
+
+            self._file = h5py.File(self.tmp, "w")
+            # Contiguous and uncompressed, so the records can be memory-mapped at one offset.
+            self._dset = self._file.create_dataset(HDF5_DATASET, shape=(rows,), dtype=dtype)
+
+    def write(self, records: np.ndarray) -> None:
+        """Append records (in order) to the pack."""
+        end = self.written + len(records)
+        if end > self.rows:
+            raise ShardError(f"{self.path}: writing {end} records into a pack planned for {self.rows}")
+        if self.kind == "npy":
+            self._file.write(record_bytes(records))
+        else:
+            self._dset[self.written : end] = records
+        self.written = end
+
+    def commit(self) -> PackEntry:
+        """fsync, close and rename to the final name; returns the manifest entry."""
+        if self.written != self.rows:
+            raise ShardError(f"{self.path}: wrote {self.written} records of the {self.rows} planned")
+        if self.kind == "npy":
+            offset = NPY_HEADER_BYTES
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        else:
+            offset = int(self._dset.id.get_offset())
+            self._file.flush()
+            self._file.close()
+            with open(self.tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        return PackEntry(self.path.name, self.rows, self.path.stat().st_size, offset)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def check_pack_file(directory: Path, pack: PackEntry) -> Path:
+    """The path of a pack, after checking it exists and has the size the manifest records."""
+    path = Path(directory) / pack.file
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardError(
+            f"{path}: pack file missing (listed in {MANIFEST_NAME}); restore it or convert the shards again"
+        ) from None
+    if size != pack.bytes:
+        state = "truncated" if size < pack.bytes else "larger than recorded"
+        raise ShardError(
+            f"{path}: pack file {state}: expected {pack.bytes} bytes, found {size}; "
+            "restore it or convert the shards again"
+        )
+    return path

@@ -1,0 +1,181 @@
+"""ShardStore: gathers records by (shard, row) from memory-mapped pack files, one vectorised gather per pack.
+
+Packs are mapped lazily and kept in a small LRU of open mappings: Python's ``mmap`` holds a duplicate file
+descriptor per mapping, so the number of open descriptors stays bounded however many packs there are.
+Chunked or compressed HDF5 packs written by other tools cannot be mapped and are read through h5py instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from mmpool.catalog import Catalog, PackRef
+from mmpool.errors import ShardError
+from mmpool.format import HDF5_DATASET
+from mmpool.packing import row_of, shard_of
+
+log = logging.getLogger("mmpool")
+PAGE = mmap.PAGESIZE
+
+
+class _Mapped:
+    """One pack mapped read-only; ``rows`` is a 1-D void array of whole records over the mapping."""
+
+    def __init__(self, ref: PackRef, itemsize: int, offset: int) -> None:
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        self.delta = offset - start
+        length = self.delta + ref.entry.rows * itemsize
+        with open(ref.path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+        self.rows = np.frombuffer(self.mm, dtype=np.dtype((np.void, itemsize)), count=ref.entry.rows,
+                                  offset=self.delta)
+        self.itemsize = itemsize
+        self.nbytes = length
+
+    def take(self, rows: np.ndarray, out: np.ndarray) -> None:
+        np.take(self.rows, rows, out=out)
+
+    def advise(self, first: int, stop: int) -> None:
+        """Ask the kernel to read rows ``first..stop-1`` ahead (cold page cache)."""
+        lo = self.delta + first * self.itemsize
+        hi = self.delta + stop * self.itemsize
+        lo -= lo % PAGE
+        self.mm.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
+
+
+class _Hdf5Reader:
+    """A chunked or compressed HDF5 pack, read through h5py (slower: a sorted read per batch)."""
+
+    nbytes = 0
+
+    def __init__(self, ref: PackRef, itemsize: int) -> None:
+        import h5py
+
+        self.file = h5py.File(ref.path, "r")
+        self.dset = self.file[HDF5_DATASET]
+        self.itemsize = itemsize
+
+    def take(self, rows: np.ndarray, out: np.ndarray) -> None:
+        uniq, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
+        data = self.dset[uniq]
+        out[...] = data.view(np.dtype((np.void, self.itemsize)))[inverse]
+
+    def advise(self, first: int, stop: int) -> None:
+        pass
+
+
+def _open(ref: PackRef, itemsize: int) -> Any:
+    if ref.kind == "npy":
+        return _Mapped(ref, itemsize, ref.entry.data_offset)
+    import h5py
+
+    try:
+        with h5py.File(ref.path, "r") as f:
+            dset = f[HDF5_DATASET]
+            offset = dset.id.get_offset()
+            mappable = dset.chunks is None and dset.compression is None and offset is not None
+            if dset.dtype.itemsize != itemsize or len(dset) != ref.entry.rows:
+                raise ShardError(
+                    f"{ref.path}: dataset '{HDF5_DATASET}' holds {len(dset)} records of {dset.dtype.itemsize} bytes, "
+                    f"the manifest says {ref.entry.rows} of {itemsize}; convert the shards again"
+                )
+    except (OSError, KeyError) as exc:
+        raise ShardError(f"{ref.path}: cannot open HDF5 pack ({exc})") from exc
+    return _Mapped(ref, itemsize, int(offset)) if mappable else _Hdf5Reader(ref, itemsize)
+
+
+class ShardStore:
+    """Random access to the records of a catalog, batch by batch."""
+
+    def __init__(self, catalog: Catalog, max_open_packs: int = 64) -> None:
+        if max_open_packs < 1:
+            raise ShardError(f"max_open_packs={max_open_packs}: must be at least 1")
+        self.catalog = catalog
+        self.dtype = catalog.schema.dtype
+        self.itemsize = catalog.schema.itemsize
+        self.max_open_packs = max_open_packs
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._void = np.dtype((np.void, self.itemsize))
+
+    def _pack(self, p: int) -> Any:
+        m = self._open.get(p)
+        if m is None:
+            while len(self._open) >= self.max_open_packs:
+                self._open.popitem(last=False)  # the mapping closes when its last reference goes
+            m = self._open[p] = _open(self.catalog.packs[p], self.itemsize)
+        else:
+            self._open.move_to_end(p)
+        return m
+
+    def gather_rows(self, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Records (a structured array in the schema's dtype) of ``rows`` of global ``shards``, in the order given."""
+        cat = self.catalog
+        packs = cat.shard_pack[shards]
+        pack_rows = cat.shard_first_row[shards] + rows
+        out = np.empty(len(shards), dtype=self.dtype)
+        if len(shards) == 0:
+            return out
+        flat = out.view(self._void)
+        if (rows >= cat.shard_rows[shards]).any() or (rows < 0).any():
+            bad = np.flatnonzero((rows >= cat.shard_rows[shards]) | (rows < 0))[0]
+            raise ShardError(f"row {rows[bad]} is outside {cat.describe_shard(shards[bad])} "
+                             f"({cat.shard_rows[shards[bad]]} rows)")
+        first = packs[0]
+        if (packs == first).all():
+            self._pack(int(first)).take(pack_rows, flat)
+            return out
+        # One vectorised gather per pack touched; Python work scales with packs, not shards or rows.
+        for p in np.flatnonzero(np.bincount(packs)):
+            sel = np.flatnonzero(packs == p)
+            part = np.empty(len(sel), dtype=self._void)
+            self._pack(int(p)).take(pack_rows[sel], part)
+            flat[sel] = part
+        return out
+
+    def gather(self, packed: np.ndarray) -> dict[str, np.ndarray]:
+        """Field arrays (views into one gathered block) of packed pool entries, in the order given."""
+        records = self.gather_rows(shard_of(packed), row_of(packed))
+        return {name: records[name] for name in self.dtype.names}
+
+    def prefetch(self, shard: int, first: int, stop: int) -> None:
+        """Read rows ``first..stop-1`` of a shard ahead of the random gathers that follow (cold page cache)."""
+        cat = self.catalog
+        base = int(cat.shard_first_row[shard])
+        try:
+            self._pack(int(cat.shard_pack[shard])).advise(base + first, base + stop)
+        except OSError as exc:  # advice only: never fail a stream over it
+            log.debug("madvise failed on %s: %s", cat.describe_shard(shard), exc)
+
+    def release(self, pack: int) -> None:
+        """Unmap a pack the stream no longer needs."""
+        self._open.pop(int(pack), None)
+
+    @property
+    def open_packs(self) -> int:
+        return len(self._open)
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of address space currently mapped (file-backed; page cache, not process memory)."""
+        return sum(m.nbytes for m in self._open.values())
+
+    def close(self) -> None:
+        """Unmap everything."""
+        self._open.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Mappings are per process: a copy sent to a DataLoader worker maps its packs afresh.
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()
+        return state
+
+
+def fd_count() -> int:
+    """Open file descriptors of this process (Linux), for checks and reports."""
+    return len(os.listdir("/proc/self/fd"))

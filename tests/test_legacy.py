@@ -1,0 +1,405 @@
+"""Tests of mmpool.legacy: listing, scanning, reading and validating legacy shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mmpool.errors import ConfigError, ShardError
+from mmpool.legacy import (
+    SHARD_SUFFIXES,
+    ShardInfo,
+    check_finite,
+    list_shards,
+    read_shard,
+    scan_shard,
+    schema_mismatch,
+    shard_number,
+)
+from mmpool.synthetic import make_positions, write_legacy_shard
+
+FORMATS = ["npz", "npy", "pt", "pth", "h5", "hdf5"]
+EXPECTED_FIELDS = {
+    "planes": (np.dtype(np.uint8), (4, 8, 8)),
+    "move": (np.dtype(np.int16), ()),
+    "wdl": (np.dtype(np.float32), (3,)),
+    "id": (np.dtype(np.int64), ()),
+}
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _write(path: Path, n: int = 37, seed: int = 3) -> dict[str, np.ndarray]:
+    arrays = make_positions(n, seed=seed, id_base=100)
+    write_legacy_shard(path, arrays)
+    return arrays
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"shard_00007.{fmt}"
+    arrays = _write(path)
+    info = scan_shard(path, 7)
+    assert info.path == path and info.number == 7 and info.rows == 37
+    assert info.fields == EXPECTED_FIELDS
+    for name, (dtype, shape) in info.fields.items():
+        assert dtype.str == EXPECTED_FIELDS[name][0].str  # exact, byte order included
+    out = read_shard(info)
+    assert set(out) == set(arrays)
+    for name, arr in arrays.items():
+        assert out[name].dtype == arr.dtype
+        assert out[name].flags.c_contiguous
+        np.testing.assert_array_equal(out[name], arr)
+
+
+def test_npy_is_one_structured_array(tmp_path: Path) -> None:
+    path = tmp_path / "s_1.npy"
+    _write(path)
+    raw = np.load(path)
+    assert raw.dtype.names == ("planes", "move", "wdl", "id")
+    out = read_shard(scan_shard(path, 1))
+    assert all(a.flags.c_contiguous for a in out.values())
+
+
+def test_pt_legacy_non_zip_and_numpy_values(tmp_path: Path) -> None:
+    path = tmp_path / "old_3.pt"
+    data = {"x": torch.arange(10, dtype=torch.float32).reshape(5, 2), "y": np.arange(5)}
+    torch.save(data, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    info = scan_shard(path, 3)
+    assert info.rows == 5
+    assert info.fields == {"x": (np.dtype(np.float32), (2,)), "y": (np.dtype(np.int64), ())}
+    out = read_shard(info)
+    np.testing.assert_array_equal(out["x"], data["x"].numpy())
+    np.testing.assert_array_equal(out["y"], data["y"])
+
+
+def test_pt_zip_with_numpy_values(tmp_path: Path) -> None:
+    # weights_only must accept numpy arrays (allow-listed) inside the dict.
+    path = tmp_path / "new_4.pth"
+    data = {"x": np.arange(6, dtype=np.uint16).reshape(3, 2), "t": torch.ones(3, dtype=torch.int8)}
+    torch.save(data, path)
+    info = scan_shard(path, 4)
+    assert info.fields == {"x": (np.dtype(np.uint16), (2,)), "t": (np.dtype(np.int8), ())}
+    out = read_shard(info)
+    np.testing.assert_array_equal(out["x"], data["x"])
+    np.testing.assert_array_equal(out["t"], np.ones(3, np.int8))
+
+
+def test_scan_does_not_need_the_data_npz(tmp_path: Path) -> None:
+    # The scan reads only headers, so a shard scans the same whatever the data holds.
+    path = tmp_path / "s_0.npz"
+    np.savez(path, a=np.full((4, 2), np.nan, dtype=np.float16))
+    info = scan_shard(path, 0)
+    assert info.fields == {"a": (np.dtype(np.float16), (2,))}
+
+
+# --------------------------------------------------------------------------- numbering / listing
+
+
+@pytest.mark.parametrize(
+    "name, number",
+    [
+        ("shard_00042.npz", 42),
+        ("gen3_part_17.h5", 17),
+        ("7.pt", 7),
+        ("run12_000.npy", 0),
+        ("x1y22z.hdf5", 22),
+    ],
+)
+def test_shard_number(name: str, number: int) -> None:
+    assert shard_number(Path(name)) == number
+
+
+def test_shard_number_without_number() -> None:
+    with pytest.raises(ConfigError, match="shard_final.npz") as exc:
+        shard_number(Path("/d/shard_final.npz"))
+    assert "last integer" in str(exc.value)
+
+
+def test_list_shards_sorted_and_filtered(tmp_path: Path) -> None:
+    for name in ["b_10.npz", "a_2.h5", "c_1.pt", "d_3.npy", "e_4.pth", "f_5.hdf5"]:
+        (tmp_path / name).write_bytes(b"x")
+    # Ignored: other suffixes, hidden files (even with a shard suffix), directories.
+    (tmp_path / "notes_1.txt").write_text("hi")
+    (tmp_path / ".hidden_2.npz").write_bytes(b"x")
+    (tmp_path / "sub_6.npz").mkdir()
+    (tmp_path / "README").write_text("no number, ignored")
+    got = list_shards(tmp_path)
+    assert got == [
+        (1, tmp_path / "c_1.pt"),
+        (2, tmp_path / "a_2.h5"),
+        (3, tmp_path / "d_3.npy"),
+        (4, tmp_path / "e_4.pth"),
+        (5, tmp_path / "f_5.hdf5"),
+        (10, tmp_path / "b_10.npz"),
+    ]
+
+
+def test_list_shards_no_number(tmp_path: Path) -> None:
+    (tmp_path / "shard_1.npz").write_bytes(b"x")
+    (tmp_path / "latest.npz").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="latest.npz"):
+        list_shards(tmp_path)
+
+
+def test_list_shards_duplicate_numbers(tmp_path: Path) -> None:
+    (tmp_path / "shard_1.npz").write_bytes(b"x")
+    (tmp_path / "shard_001.h5").write_bytes(b"x")
+    with pytest.raises(ConfigError) as exc:
+        list_shards(tmp_path)
+    assert "shard_1.npz" in str(exc.value) and "shard_001.h5" in str(exc.value)
+
+
+def test_list_shards_empty_dir(tmp_path: Path) -> None:
+    (tmp_path / "other.txt").write_text("x")
+    with pytest.raises(ConfigError) as exc:
+        list_shards(tmp_path)
+    assert str(tmp_path) in str(exc.value)
+    for suffix in SHARD_SUFFIXES:
+        assert suffix in str(exc.value)
+
+
+def test_list_shards_missing_or_not_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        list_shards(tmp_path / "nope")
+    f = tmp_path / "file_1.npz"
+    f.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        list_shards(f)
+
+
+# --------------------------------------------------------------------------- corrupt files
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy", "h5", "pt"])
+def test_truncated_scan(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"shard_00001.{fmt}"
+    _write(path, n=500)
+    _truncate(path)
+    with pytest.raises(ShardError, match="shard_00001"):
+        scan_shard(path, 1)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy", "h5", "pt"])
+def test_truncated_after_scan(tmp_path: Path, fmt: str) -> None:
+    # A file that shrinks between scan and read must give a ShardError, not a numpy traceback.
+    path = tmp_path / f"shard_00002.{fmt}"
+    _write(path, n=500)
+    info = scan_shard(path, 2)
+    _truncate(path, keep=0.9)
+    with pytest.raises(ShardError, match="shard_00002"):
+        read_shard(info)
+
+
+def test_changed_after_scan(tmp_path: Path) -> None:
+    path = tmp_path / "shard_3.npz"
+    _write(path, n=10)
+    info = scan_shard(path, 3)
+    _write(path, n=11)
+    with pytest.raises(ShardError, match="changed since it was scanned") as exc:
+        read_shard(info)
+    assert "shard_3.npz" in str(exc.value)
+    wrong = dataclasses.replace(info, rows=11, fields={"planes": info.fields["planes"]})
+    with pytest.raises(ShardError, match="shard_3.npz"):
+        read_shard(wrong)
+
+
+def test_garbage_pt(tmp_path: Path) -> None:
+    path = tmp_path / "shard_4.pt"
+    path.write_bytes(b"\x80\x02garbage, not a pickle" * 20)
+    with pytest.raises(ShardError, match="shard_4.pt"):
+        scan_shard(path, 4)
+
+
+def test_pt_list(tmp_path: Path) -> None:
+    path = tmp_path / "shard_5.pt"
+    torch.save([torch.zeros(3)], path)
+    with pytest.raises(ShardError, match="shard_5.pt") as exc:
+        scan_shard(path, 5)
+    assert "list" in str(exc.value)
+
+
+def test_pt_non_tensor_value(tmp_path: Path) -> None:
+    path = tmp_path / "shard_6.pt"
+    torch.save({"x": torch.zeros(3), "n": 3}, path)
+    with pytest.raises(ShardError, match="shard_6.pt") as exc:
+        scan_shard(path, 6)
+    assert "'n'" in str(exc.value) and "int" in str(exc.value)
+
+
+def test_pt_arbitrary_object_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "shard_7.pt"
+    torch.save({"x": torch.zeros(3), "p": Path("/etc")}, path)
+    with pytest.raises(ShardError, match="shard_7.pt"):
+        scan_shard(path, 7)
+
+
+def test_pt_bfloat16(tmp_path: Path) -> None:
+    path = tmp_path / "shard_8.pt"
+    torch.save({"x": torch.zeros(3, dtype=torch.bfloat16)}, path)
+    with pytest.raises(ShardError, match="shard_8.pt") as exc:
+        scan_shard(path, 8)
+    assert "'x'" in str(exc.value)
+
+
+def test_object_array_npz(tmp_path: Path) -> None:
+    path = tmp_path / "shard_9.npz"
+    np.savez(path, ok=np.zeros(2), names=np.array(["a", None], dtype=object))
+    with pytest.raises(ShardError, match="shard_9.npz") as exc:
+        scan_shard(path, 9)
+    assert "'names'" in str(exc.value)
+
+
+def test_object_field_npy(tmp_path: Path) -> None:
+    path = tmp_path / "shard_10.npy"
+    arr = np.zeros(3, dtype=[("x", "f4"), ("o", "O")])
+    np.save(path, arr, allow_pickle=True)
+    with pytest.raises(ShardError, match="shard_10.npy") as exc:
+        scan_shard(path, 10)
+    assert "'o'" in str(exc.value)
+
+
+def test_plain_npy_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "shard_11.npy"
+    np.save(path, np.zeros((3, 2)))
+    with pytest.raises(ShardError, match="shard_11.npy") as exc:
+        scan_shard(path, 11)
+    assert "structured" in str(exc.value)
+
+
+def test_h5_vlen_string(tmp_path: Path) -> None:
+    path = tmp_path / "shard_12.h5"
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("x", data=np.zeros(2))
+        fh.create_dataset("comment", data=["a", "bb"], dtype=h5py.string_dtype())
+    with pytest.raises(ShardError, match="shard_12.h5") as exc:
+        scan_shard(path, 12)
+    assert "'comment'" in str(exc.value) and "variable-length" in str(exc.value)
+
+
+def test_h5_fixed_strings_and_groups(tmp_path: Path) -> None:
+    path = tmp_path / "shard_13.h5"
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("tag", data=np.array([b"ab", b"c"], dtype="S2"))
+        fh.create_group("meta").attrs["note"] = "ignored"
+    info = scan_shard(path, 13)
+    assert info.fields == {"tag": (np.dtype("S2"), ())}
+    np.testing.assert_array_equal(read_shard(info)["tag"], np.array([b"ab", b"c"]))
+
+
+def test_mismatched_first_dimensions(tmp_path: Path) -> None:
+    path = tmp_path / "shard_14.npz"
+    np.savez(path, board=np.zeros((5, 3)), score=np.zeros(6))
+    with pytest.raises(ShardError) as exc:
+        scan_shard(path, 14)
+    msg = str(exc.value)
+    assert "shard_14.npz" in msg and "'board'" in msg and "'score'" in msg
+    assert "5" in msg and "6" in msg
+
+
+def test_empty_shard(tmp_path: Path) -> None:
+    path = tmp_path / "shard_15.npz"
+    np.savez(path, a=np.zeros((0, 3)), b=np.zeros(0))
+    with pytest.raises(ShardError, match="shard_15.npz.*empty shard"):
+        scan_shard(path, 15)
+
+
+def test_no_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "shard_16.npz"
+    np.savez(path)
+    with pytest.raises(ShardError, match="shard_16.npz.*no arrays"):
+        scan_shard(path, 16)
+    h5 = tmp_path / "shard_17.h5"
+    h5py.File(h5, "w").close()
+    with pytest.raises(ShardError, match="shard_17.h5.*no arrays"):
+        scan_shard(h5, 17)
+
+
+def test_zero_d_array(tmp_path: Path) -> None:
+    path = tmp_path / "shard_18.npz"
+    np.savez(path, a=np.zeros(3), scale=np.float32(2.0))
+    with pytest.raises(ShardError, match="shard_18.npz") as exc:
+        scan_shard(path, 18)
+    assert "'scale'" in str(exc.value) and "0-d" in str(exc.value)
+
+
+# --------------------------------------------------------------------------- check_finite
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_finite_names_row(tmp_path: Path, dtype: type, bad: float) -> None:
+    arrays = {
+        "id": np.arange(50),
+        "wdl": np.full((50, 3), 1 / 3, dtype=dtype),
+    }
+    arrays["wdl"][41, 2] = bad
+    arrays["wdl"][45, 0] = bad  # a later bad row: the first one is reported
+    with pytest.raises(ShardError) as exc:
+        check_finite(arrays, tmp_path / "shard_00019.npz")
+    msg = str(exc.value)
+    assert "shard_00019.npz" in msg and "'wdl'" in msg and "row 41" in msg
+
+
+def test_check_finite_1d_and_clean(tmp_path: Path) -> None:
+    check_finite({"a": np.zeros((4, 2), np.float32), "i": np.arange(4)}, tmp_path / "s_1.npz")
+    with pytest.raises(ShardError, match="'v' row 0"):
+        check_finite({"v": np.array([np.nan, 1.0])}, tmp_path / "s_1.npz")
+
+
+# --------------------------------------------------------------------------- schema_mismatch
+
+
+def _info(name: str, **fields: tuple[str, tuple[int, ...]]) -> ShardInfo:
+    return ShardInfo(
+        path=Path(f"/data/{name}"),
+        number=0,
+        rows=10,
+        fields={k: (np.dtype(d), s) for k, (d, s) in fields.items()},
+    )
+
+
+def test_schema_mismatch() -> None:
+    a = _info("a_0.npz", x=("<f4", (3,)), y=("i8", ()))
+    assert schema_mismatch(a, _info("b_1.npz", x=("=f4", (3,)), y=("<i8", ()))) is None
+    # Field order does not matter.
+    assert schema_mismatch(a, _info("b_1.npz", y=("i8", ()), x=("f4", (3,)))) is None
+
+    missing = schema_mismatch(a, _info("b_1.npz", x=("f4", (3,))))
+    assert missing is not None
+    assert "'y'" in missing and "a_0.npz" in missing and "b_1.npz" in missing
+    assert "missing" in missing
+
+    extra = schema_mismatch(a, _info("b_1.npz", x=("f4", (3,)), y=("i8", ()), z=("u1", ())))
+    assert extra is not None and "'z'" in extra and "a_0.npz" in extra and "b_1.npz" in extra
+
+    dtype = schema_mismatch(a, _info("b_1.npz", x=("f2", (3,)), y=("i8", ())))
+    assert dtype is not None and "'x'" in dtype and "float16" in dtype and "float32" in dtype
+    assert "a_0.npz" in dtype and "b_1.npz" in dtype
+
+    shape = schema_mismatch(a, _info("b_1.npz", x=("f4", (4,)), y=("i8", ())))
+    assert shape is not None and "'x'" in shape and "(3,)" in shape and "(4,)" in shape
+    assert "a_0.npz" in shape and "b_1.npz" in shape
+
+
+def test_schema_mismatch_across_formats(tmp_path: Path) -> None:
+    infos = []
+    for i, fmt in enumerate(FORMATS):
+        path = tmp_path / f"shard_{i}.{fmt}"
+        _write(path, n=5 + i)
+        infos.append(scan_shard(path, i))
+    for info in infos[1:]:
+        assert schema_mismatch(infos[0], info) is None
