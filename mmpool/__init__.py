@@ -1,0 +1,36 @@
+"""mmpool: a big, well-mixed pool of training positions from many on-disk shards, at almost no RAM.
+
+Convert shards once (``mmpool convert``), then stream them with :class:`StreamingMixedShardDataset`.
+"""
+
+from mmpool.augment import Augmentation, Dihedral
+from mmpool.catalog import Catalog, Split, train_val_split
+from mmpool.errors import ConfigError, MemoryLimitExceeded, MmpoolError, ShardError
+from mmpool.store import ShardStore
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The dataset needs torch; import it only when asked for, so the converter and tools start fast.
+    if name in ("StreamingMixedShardDataset", "Stats"):
+        from mmpool import dataset, stats
+
+        return {"StreamingMixedShardDataset": dataset.StreamingMixedShardDataset, "Stats": stats.Stats}[name]
+    raise AttributeError(f"module 'mmpool' has no attribute {name!r}")
+
+
+__all__ = [
+    "Augmentation",
+    "Catalog",
+    "ConfigError",
+    "Dihedral",
+    "MemoryLimitExceeded",
+    "MmpoolError",
+    "ShardError",
+    "ShardStore",
+    "Split",
+    "Stats",
+    "StreamingMixedShardDataset",
+    "train_val_split",
+]

@@ -1,0 +1,163 @@
+"""IndexPool: a shuffled pool of packed ``(shard, row, symmetry)`` entries for one participant (rank, worker).
+
+Only numpy arrays: no Python object per entry, so forked DataLoader workers do not copy the pool page by page
+(pytorch#13246). The pool hands out entries uniformly at random without replacement and is refilled from the
+participant's segments, in activation order and sequentially inside each shard, whenever it drops below the
+threshold.
+
+How it stays uniform without reshuffling everything at each refill: the buffer holds a few *runs*, each an
+independently, uniformly shuffled array. A draw of ``n`` entries takes a multivariate-hypergeometric number from
+each run (exactly the counts a uniform draw from their union would give) off the run's end, then shuffles the
+``n`` it took. A refill shuffles the new entries together with the runs smaller than the refill, so the cost of a
+refill is about the size of the refill, not of the pool; runs larger than the refill are only moved, never
+reshuffled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from mmpool.packing import ROW_SHIFT, SHARD_SHIFT, shard_of
+from mmpool.schedule import Segments
+
+MAX_RUNS = 8
+_MOVE_CHUNK = 1 << 20  # entries moved at a time when compacting, bounding numpy's temporary for overlapping copies
+
+
+class IndexPool:
+    """The pool of one participant for one epoch.
+
+    ``on_activate(shard, lo, hi)`` is called for every row range that enters the pool (to read it ahead).
+    """
+
+    def __init__(
+        self,
+        segments: Segments,
+        capacity: int,
+        threshold: int,
+        factor: int,
+        rng: np.random.Generator,
+        num_shards: int,
+        on_activate: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        self.segments = segments
+        self.factor = factor
+        self.rng = rng
+        total = segments.positions * factor
+        self.capacity = max(1, min(capacity, total))
+        self.threshold = min(threshold, self.capacity)
+        self.buf = np.empty(self.capacity, dtype=np.uint64)
+        self.runs: list[list[int]] = []  # [start, length]; each run uniformly shuffled, consumed from its end
+        self.size = 0
+        self.seg = 0  # next segment to activate
+        self.row = int(segments.lo[0]) if len(segments.shard) else 0  # next row inside it
+        self.outstanding = np.zeros(num_shards, dtype=np.int64)  # entries in the pool per shard
+        self.activated_shards = 0
+        self.refills = 0
+        self.on_activate = on_activate
+
+    @property
+    def data_left(self) -> bool:
+        """Whether some segment rows are not in the pool yet."""
+        return self.seg < len(self.segments.shard)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.size == 0 and not self.data_left
+
+    def shards_fully_activated(self) -> np.ndarray:
+        """Global ids of shards whose rows (for this participant) have all entered the pool."""
+        return self.segments.shard[: self.seg]
+
+    def fill(self) -> int:
+        """Top the pool up to capacity from the next segment rows; returns the number of entries added."""
+        free = self.capacity - self.size
+        positions = free // self.factor
+        if positions == 0 or not self.data_left:
+            return 0
+        keep, merge = self._split_runs(free)
+        # The small runs are reshuffled with the new entries: set them aside, close the gaps, put them back.
+        small = np.concatenate([self.buf[s : s + n] for s, n in merge]) if merge else self.buf[:0]
+        end = self._compact(keep)
+        self.buf[end : end + len(small)] = small
+        added = self._activate(end + len(small), positions)
+        region = self.buf[end : end + len(small) + added]
+        del small
+        self.rng.shuffle(region)
+        self.runs = keep + [[end, len(region)]]
+        self.size += added
+        self.refills += 1
+        return added
+
+    def draw(self, n: int) -> np.ndarray:
+        """Up to ``n`` entries, uniformly at random without replacement (fewer only when the epoch runs out)."""
+        n = min(n, self.size)
+        if n == 0:
+            return np.empty(0, dtype=np.uint64)
+        lengths = [r[1] for r in self.runs]
+        if len(lengths) == 1:
+            counts = [n]
+        elif len(lengths) == 2:
+            first = int(self.rng.hypergeometric(lengths[0], lengths[1], n))
+            counts = [first, n - first]
+        else:
+            counts = self.rng.multivariate_hypergeometric(lengths, n).tolist()
+        parts = []
+        for run, k in zip(self.runs, counts):
+            if k:
+                start, length = run
+                parts.append(self.buf[start + length - k : start + length])
+                run[1] -= k
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        if len(parts) > 1:
+            self.rng.shuffle(out)  # the runs' parts were concatenated in run order
+        self.runs = [r for r in self.runs if r[1]]
+        self.size -= n
+        np.subtract.at(self.outstanding, shard_of(out), 1)
+        return out
+
+    def _split_runs(self, free: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Runs kept as they are (larger than the refill) and runs reshuffled with the new entries."""
+        runs = sorted(self.runs, key=lambda r: -r[1])
+        keep = [r for r in runs if r[1] >= free][: MAX_RUNS - 1]
+        return keep, runs[len(keep) :]
+
+    def _compact(self, runs: list[list[int]]) -> int:
+        """Move the runs to the front of the buffer; returns where free space begins."""
+        at = 0
+        for run in sorted(runs, key=lambda r: r[0]):  # in buffer order every move goes down: nothing unread is hit
+            start, length = run
+            if start != at:
+                for k in range(0, length, _MOVE_CHUNK):
+                    m = min(_MOVE_CHUNK, length - k)
+                    self.buf[at + k : at + k + m] = self.buf[start + k : start + k + m]
+            run[0] = at
+            at += length
+        return at
+
+    def _activate(self, at: int, positions: int) -> int:
+        """Write the entries of the next ``positions`` segment rows at ``buf[at:]``; returns entries written."""
+        segs, k, written = self.segments, self.factor, 0
+        while positions and self.data_left:
+            g = int(segs.shard[self.seg])
+            lo = self.row
+            hi = min(int(segs.hi[self.seg]), lo + positions)
+            if lo == int(segs.lo[self.seg]):
+                self.activated_shards += 1
+            rows = np.arange(lo, hi, dtype=np.uint64)
+            entries = (np.uint64(g) << np.uint64(SHARD_SHIFT)) | (rows << np.uint64(ROW_SHIFT))
+            block = self.buf[at + written : at + written + (hi - lo) * k].reshape(hi - lo, k)
+            block[...] = entries[:, None] | np.arange(k, dtype=np.uint64)[None, :]
+            self.outstanding[g] += (hi - lo) * k
+            if self.on_activate is not None:
+                self.on_activate(g, lo, hi)
+            written += (hi - lo) * k
+            positions -= hi - lo
+            self.row = hi
+            if hi == int(segs.hi[self.seg]):
+                self.seg += 1
+                if self.data_left:
+                    self.row = int(segs.lo[self.seg])
+        return written
