@@ -24,7 +24,7 @@ def parse_range(text: str, where: str = "") -> list[tuple[int, int | None]]:
     for part in text.split(","):
         m = _PART.match(part)
         lo_s, dash, hi_s = m.groups() if m else ("", "", "")
-        if not m or not (lo_s or hi_s) or (not dash and not lo_s):
+        if not m or not (lo_s or hi_s) or (not dash and (not lo_s or hi_s)):
             raise ConfigError(
                 f"{where}: malformed shard range {text!r} (part {part!r}); "
                 "use 'all', '7', '0-99', '100-', '-49' or a comma list such as '0-9,20-29'"
