@@ -33,6 +33,7 @@ from mmpool.store import ShardStore
 log = logging.getLogger("mmpool")
 ENTRY_BYTES = 8  # one uint64 per pool entry
 STATE_VERSION = 1
+PROGRESS_KEYS = ("epoch", "start", "items", "worker", "num_workers")
 
 
 class StreamingMixedShardDataset(IterableDataset):
@@ -129,7 +130,7 @@ class StreamingMixedShardDataset(IterableDataset):
         self._refuse_if_pool_cannot_fit()
         self.store = ShardStore(self.catalog, max_open_packs)
         self.board = StatsBoard(self.catalog.num_dirs)
-        self._progress = {"epoch": 0, "items": 0, "worker": 0, "num_workers": 0}
+        self._progress: dict[str, Any] | None = None  # where the running iteration is; None before the first
         self._resume: dict[str, Any] | None = None
 
     # ----- public controls -----
@@ -149,9 +150,14 @@ class StreamingMixedShardDataset(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         """A small JSON-serialisable state: where this iterator is, and a fingerprint of the configuration."""
+        progress = self._progress
+        if progress is None:  # no iteration yet (also a DataLoader worker's state taken before its first item)
+            info = get_worker_info()
+            progress = {"epoch": self.epoch, "start": self.epoch, "items": 0, "worker": info.id if info else 0,
+                        "num_workers": info.num_workers if info else 0}
         return {
             "version": STATE_VERSION,
-            **self._progress,
+            **progress,
             "shards_upto": [int(self.catalog.shard_number[self.catalog.shard_dir == d].max())
                             for d in range(self.catalog.num_dirs)],
             "config": self._config(),
@@ -159,16 +165,33 @@ class StreamingMixedShardDataset(IterableDataset):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next iteration continue right after the item the state was taken at."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        """Make the next iteration continue right after the item the state was taken at.
+
+        The saved position takes precedence over ``set_epoch`` for that iteration. A state saved after an
+        iteration ended leaves nothing to continue: the next iteration starts afresh at the epoch ``set_epoch``
+        selects (as torchdata's StatefulDataLoader does with a finished state), except in a DataLoader worker,
+        where it means that this worker has nothing left to yield.
+        """
+        keys = ("version", *PROGRESS_KEYS, "shards_upto", "config", "fingerprint")
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or any(k not in state for k in keys):
             raise ConfigError(f"not an mmpool state (version {STATE_VERSION}): {str(state)[:200]}")
+        if _fingerprint(state["config"]) != state["fingerprint"]:
+            raise ConfigError(f"the state's configuration does not match its fingerprint {state['fingerprint']}: "
+                              "it was edited or corrupted; use a state saved by StreamingMixedShardDataset.state_dict")
         mine = self._config()
         diff = [k for k in sorted(set(mine) | set(state["config"])) if mine.get(k) != state["config"].get(k)]
         if diff:
             what = "; ".join(f"{k}: saved {state['config'].get(k)!r}, now {mine.get(k)!r}" for k in diff)
             raise ConfigError(f"the state was saved with another configuration ({what})")
+        info = get_worker_info()
+        if info is not None:
+            _check_workers(state, info.id, info.num_workers)
+        finished = self.num_epochs is not None and state["epoch"] >= state["start"] + self.num_epochs
+        if finished and info is None:
+            self._resume, self._progress = None, None
+            return
         self._resume = dict(state)
-        self._progress = {k: state[k] for k in ("epoch", "items", "worker", "num_workers")}
+        self._progress = {k: state[k] for k in PROGRESS_KEYS}
 
     # ----- iteration -----
 
@@ -177,26 +200,22 @@ class StreamingMixedShardDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         resume, self._resume = self._resume, None
         epoch, skip = self.epoch, 0
+        start = epoch
         if resume is not None:
-            saved_workers = max(1, resume["num_workers"])
-            if saved_workers != workers or (info is not None and resume["worker"] != worker):
-                raise ConfigError(
-                    f"the state was saved with num_workers={resume['num_workers']}, this DataLoader has "
-                    f"{workers if info is not None else 0}; resume with the same number of workers"
-                )
-            epoch, skip = resume["epoch"], resume["items"]
+            _check_workers(resume, worker, workers if info is not None else 0)
+            epoch, skip, start = resume["epoch"], resume["items"], resume["start"]
             self._use_catalog(Catalog(self.data_dirs, self.shard_ranges, self.weights, upto=resume["shards_upto"]))
         guard = MemoryGuard(int(self.max_memory_gb * GB), self.memory_check_interval, in_worker=info is not None)
         slot = self.board.slot(worker if info is not None else None)
-        first = epoch
-        while self.num_epochs is None or epoch < first + self.num_epochs:
+        first = epoch  # the first epoch of this iter(); ``start`` is that of the iteration it continues
+        while self.num_epochs is None or epoch < start + self.num_epochs:
             if epoch != first:
-                self._refresh_catalog()
-            self._progress = {"epoch": epoch, "items": skip, "worker": worker,
+                self._refresh_catalog(epoch)
+            self._progress = {"epoch": epoch, "start": start, "items": skip, "worker": worker,
                               "num_workers": workers if info is not None else 0}
             yield from self._epoch(epoch, worker, workers, skip, guard, slot)
             epoch, skip = epoch + 1, 0
-            self._progress = {"epoch": epoch, "items": 0, "worker": worker,
+            self._progress = {"epoch": epoch, "start": start, "items": 0, "worker": worker,
                               "num_workers": workers if info is not None else 0}
 
     def _epoch(self, epoch: int, worker: int, workers: int, skip: int, guard: MemoryGuard,
@@ -206,19 +225,19 @@ class StreamingMixedShardDataset(IterableDataset):
         me = self.rank * workers + worker
         plans, quota = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, participants,
                                   self.max_examples_unaugmented)
-        selected = sum(p.positions for p in plans)
         total = int(cat.shard_rows.sum()) if self.max_examples_unaugmented is None else min(
             int(cat.shard_rows.sum()), self.max_examples_unaugmented)
         dropped = total - quota * participants
         if dropped and me == 0:
             log.warning("epoch %d: dropping %d of %d positions so that all %d ranks x %d workers yield the same "
                         "number of examples", epoch, dropped, total, self.world_size, workers)
-        del selected
         rng = np.random.default_rng(np.random.SeedSequence([self.random_seed, epoch, me, participants]))
         capacity = -(-self.pool_size // workers)
         threshold = -(-self.refill_threshold // workers)
         on_activate = self._activated if self.prefetch else None
-        pool = IndexPool(plans[me], capacity, threshold, self.factor, rng, cat.num_shards, on_activate)
+        # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
+        pool = IndexPool(plans[me], capacity, threshold, self.factor, rng, cat.num_shards,
+                         None if skip else on_activate)
         pack_last = _last_segment_per_pack(cat.shard_pack[plans[me].shard], len(cat.packs))
         slot.start_epoch(epoch, dropped if me == 0 else 0)
         step = self.batch_size or self.chunk_size
@@ -229,6 +248,9 @@ class StreamingMixedShardDataset(IterableDataset):
         items = 0
         while True:
             packed = pool.draw(step)
+            if pool.on_activate is None and on_activate is not None and \
+                    items + (1 if self.batch_size is not None else len(packed)) > skip:
+                _read_ahead_pooled(pool, on_activate)
             if pool.size < pool.threshold and pool.data_left:
                 self._refill(pool, pack_last, guard, slot)
             if len(packed) == 0 or (self.drop_last and self.batch_size and len(packed) < step):
@@ -247,9 +269,8 @@ class StreamingMixedShardDataset(IterableDataset):
                 items += len(packed)
                 continue
             batch = self._materialise(packed, slot)
-            for i in range(items and max(0, skip - items), len(packed)) if items < skip else range(len(packed)):
-                items_i = items + i + 1
-                self._progress["items"] = items_i
+            for i in range(max(0, skip - items), len(packed)):
+                self._progress["items"] = items + i + 1
                 yield {k: v[i] for k, v in batch.items()}
             items += len(packed)
             guard.check(self._context(pool))
@@ -298,16 +319,19 @@ class StreamingMixedShardDataset(IterableDataset):
         """What a saved state must match to be resumed."""
         return {
             "data_dirs": self.data_dirs,
-            "shard_ranges": self.shard_ranges,
-            "weights": self.weights if isinstance(self.weights, str) else list(self.weights),
+            # Plain lists and ints, so that a state compares equal after a JSON round trip.
+            "shard_ranges": self.shard_ranges if self.shard_ranges is None or isinstance(self.shard_ranges, str)
+            else [str(r) for r in self.shard_ranges],
+            "weights": self.weights if isinstance(self.weights, str) else [float(w) for w in self.weights],
             "random_seed": self.random_seed,
-            "pool_size": self.pool_size,
-            "refill_threshold": self.refill_threshold,
-            "batch_size": self.batch_size,
-            "chunk_size": self.chunk_size,
+            "pool_size": int(self.pool_size),
+            "refill_threshold": int(self.refill_threshold),
+            "batch_size": None if self.batch_size is None else int(self.batch_size),
+            "chunk_size": int(self.chunk_size),
             "drop_last": self.drop_last,
             "factor": self.factor,
-            "max_examples_unaugmented": self.max_examples_unaugmented,
+            "max_examples_unaugmented": None if self.max_examples_unaugmented is None
+            else int(self.max_examples_unaugmented),
             "world_size": self.world_size,
             "rank": self.rank,
         }
@@ -325,8 +349,8 @@ class StreamingMixedShardDataset(IterableDataset):
                 f"The largest pool that fits is about {fits}; lower pool_size or raise max_memory_gb"
             )
 
-    def _refresh_catalog(self) -> None:
-        """Pick up shards converted since the catalog was read (only ever between epochs)."""
+    def _refresh_catalog(self, epoch: int | None = None) -> None:
+        """Pick up shards converted since the catalog was read (only ever between epochs); ``epoch`` is the next."""
         fresh = Catalog(self.data_dirs, self.shard_ranges, self.weights)
         if fresh.num_shards != self.catalog.num_shards or not np.array_equal(fresh.shard_rows, self.catalog.shard_rows):
             for d in range(fresh.num_dirs):
@@ -334,7 +358,7 @@ class StreamingMixedShardDataset(IterableDataset):
                 new -= set(self.catalog.shard_number[self.catalog.shard_dir == d].tolist())
                 if new:
                     log.info("%s: %d new shards (%s) join from epoch %d; weights now %s", fresh.dirs[d], len(new),
-                             ",".join(map(str, sorted(new)[:10])), self.epoch, np.round(fresh.weights, 4).tolist())
+                             ",".join(map(str, sorted(new)[:10])), self.epoch if epoch is None else epoch, np.round(fresh.weights, 4).tolist())
             self._use_catalog(fresh)
 
     def _use_catalog(self, catalog: Catalog) -> None:
@@ -343,11 +367,30 @@ class StreamingMixedShardDataset(IterableDataset):
         self.store = ShardStore(catalog, self.max_open_packs)
 
 
+def _read_ahead_pooled(pool: IndexPool, on_activate: Any) -> None:
+    """End of a fast-forward: read ahead the rows of the pool's segments that still have entries pooled."""
+    pool.on_activate = on_activate
+    segs = pool.segments
+    started = pool.seg + int(pool.data_left and pool.row > int(segs.lo[pool.seg]))
+    for i in np.flatnonzero(pool.outstanding[segs.shard[:started]] > 0):
+        hi = int(segs.hi[i]) if i < pool.seg else pool.row
+        on_activate(int(segs.shard[i]), int(segs.lo[i]), hi)
+
+
 def _last_segment_per_pack(seg_packs: np.ndarray, num_packs: int) -> np.ndarray:
     """For each pack, the index of the last segment that reads it (-1 if none), to know when it can be unmapped."""
     last = np.full(num_packs, -1, dtype=np.int64)
     last[seg_packs] = np.arange(len(seg_packs))  # later segments overwrite earlier ones
     return last
+
+
+def _check_workers(state: dict[str, Any], worker: int, num_workers: int) -> None:
+    """A state is resumed by the same DataLoader worker of the same number of workers (0 and 1 give one stream)."""
+    if max(1, state["num_workers"]) != max(1, num_workers) or state["worker"] != worker:
+        raise ConfigError(
+            f"num_workers: the state was saved by worker {state['worker']} of num_workers={state['num_workers']}, "
+            f"it is loaded into worker {worker} of num_workers={num_workers}; resume with the same number of workers"
+        )
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
