@@ -47,6 +47,7 @@ class Slot:
 
     def __init__(self, row: torch.Tensor) -> None:
         self.row = row
+        self._counts = row.numpy()  # the same shared memory: numpy updates cost far less per batch than torch ops
 
     def start_epoch(self, epoch: int, dropped: int) -> None:
         self.row.zero_()
@@ -54,9 +55,10 @@ class Slot:
         self.row[_DROPPED] = dropped
 
     def count(self, per_dir: np.ndarray) -> None:
-        self.row[_EXAMPLES] += int(per_dir.sum())
-        self.row[_ITEMS] += 1
-        self.row[_DIRS:] += torch.from_numpy(per_dir)
+        row = self._counts
+        row[_EXAMPLES] += int(per_dir.sum())
+        row[_ITEMS] += 1
+        row[_DIRS:] += per_dir
 
     def update_pool(self, pool) -> None:  # an IndexPool; not imported to keep this module free of the pool
         done = pool.shards_fully_activated()
@@ -94,8 +96,10 @@ class StatsBoard:
             examples=examples,
             per_dir=per_dir.tolist(),
             targets=(np.asarray(weights) * examples).tolist(),
-            shards_activated=int(rows[:, _ACTIVATED].sum()),
-            shards_exhausted=int(rows[:, _EXHAUSTED].sum()),
+            # Every worker reads its own block of every shard, in the same order: a shard is activated once the
+            # first worker starts its block, exhausted once the last worker finishes its block.
+            shards_activated=int(rows[:, _ACTIVATED].max()),
+            shards_exhausted=int(rows[:, _EXHAUSTED].min()),
             refills=int(rows[:, _REFILLS].sum()),
             dropped=int(rows[:, _DROPPED].sum()),
             peak_memory_bytes=int(t[:, _PEAK].max()),
