@@ -14,9 +14,12 @@ import numpy as np
 def activation_order(shard_dir: np.ndarray, shard_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Global shard ids in activation order.
 
-    The next shard comes from the directory whose activated records lag its target share the most
-    (``argmax_i w_i * total - activated_i``, ties to the lower directory, as Megatron-LM blends datasets);
-    inside a directory, shards go in catalog order (ascending shard number). A directory that runs out drops out.
+    Each directory's records are spread evenly over the epoch at its weight's pace; the next shard is the one whose
+    middle record is due first (``argmin_i (activated_i + rows_of_next_i / 2) / w_i``, ties to the lower
+    directory). For shards of one size this is Megatron-LM's greedy deficit blending (the directory lagging its
+    share most goes next); with shards of different sizes it also stops one large shard from starving the small
+    directories while the largest one catches up. Inside a directory shards go in catalog order (ascending
+    number); a directory that runs out drops out.
     """
     num_dirs = len(weights)
     queues = [np.flatnonzero(shard_dir == d).tolist() for d in range(num_dirs)]
@@ -24,16 +27,14 @@ def activation_order(shard_dir: np.ndarray, shard_rows: np.ndarray, weights: np.
     done = [0] * num_dirs
     w = [float(x) for x in weights]
     rows = shard_rows.tolist()
-    total = 0
     order: list[int] = []
     live = [d for d in range(num_dirs) if queues[d]]
     while live:
-        d = max(live, key=lambda i: (w[i] * total - done[i], -i))
+        d = min(live, key=lambda i: ((done[i] + rows[queues[i][heads[i]]] / 2) / w[i], i))
         g = queues[d][heads[d]]
         order.append(g)
         heads[d] += 1
         done[d] += rows[g]
-        total += rows[g]
         if heads[d] == len(queues[d]):
             live.remove(d)
     return np.array(order, dtype=np.int64)
