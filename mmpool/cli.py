@@ -1,4 +1,4 @@
-"""The ``mmpool`` command line: ``convert``, ``inspect``, ``verify`` and ``demo``.
+"""The ``mmpool`` command line: ``convert``, ``inspect``, ``verify``, ``plan``, ``demo`` and ``bench``.
 
 Each subcommand is one entry of ``COMMANDS``: ``name -> (help, add_arguments, run)``; ``run`` returns the exit code.
 Add a subcommand by adding an entry. MmpoolError becomes a one-line ``mmpool: error: ...`` and exit code 2.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,8 +18,6 @@ log = logging.getLogger("mmpool")
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
-
-DEMO_MARKER = ".mmpool-demo"  # marks a directory the demo made, so it only ever deletes its own
 
 
 # --------------------------------------------------------------------------- convert / inspect / verify
@@ -81,50 +78,77 @@ def _verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- demo
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    _dirs_args(p)
+    p.add_argument("--max-memory-gb", type=float, default=5.0, help="memory cap, as the dataset's (default 5)")
+    p.add_argument("--pool-size", type=int, help="pool entries per rank (default: the largest that fits)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    p.add_argument("--batch-size", type=int, default=1024, help="batch size (default 1024)")
+    p.add_argument("--symmetries", type=int, default=1, help="augmentation factor, e.g. 8 for Dihedral (default 1)")
+    p.add_argument("--world-size", type=int, default=1, help="ranks (default 1)")
+    p.add_argument("--max-open-packs", type=int, default=64, help="the dataset's bound on open packs (default 64)")
+    p.add_argument("--baseline-gb", type=float,
+                   help="anonymous memory of your training process before the pool (default: measured here, "
+                        "with torch imported; give more if your model is large)")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from mmpool.plan import plan
+
+    result = plan(args.dirs, args.max_memory_gb, args.pool_size, args.workers, args.batch_size,
+                  factor=args.symmetries, world_size=args.world_size, max_open_packs=args.max_open_packs,
+                  baseline_gb=args.baseline_gb)
+    print(result)
+    return 0 if result.fits else 1
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default="mmpool_demo", help="data directory (default ./mmpool_demo)")
-    p.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    from mmpool.demo import SCALES
 
-
-def demo_root(path: Path) -> Path:
-    """Create an empty demo directory; refuses a non-empty directory the demo did not make."""
-    if path.exists():
-        if not (path / DEMO_MARKER).exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ConfigError(f"{path} exists and was not made by the demo; give an empty or new --dir")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / DEMO_MARKER).touch()
-    return path
-
-
-def demo_data(root: Path) -> list[Path]:
-    """Synthetic legacy shards (2 directories, 12 and 4 shards of 5000 rows) converted under ``root/converted``."""
-    from mmpool.convert import convert
-    from mmpool.synthetic import make_synthetic
-
-    sources = make_synthetic(root / "legacy", [12, 4], 5000, fmt="npz", seed=0, dir_names=["main", "extra"])
-    out = []
-    for src in sources:
-        dst = root / "converted" / src.name
-        print(f"{src} -> {dst}: {convert(src, dst, pack_size='4M', progress=False)}")
-        out.append(dst)
-    return out
+    p.add_argument("--dir", default="mmpool_demo",
+                   help="data directory (default ./mmpool_demo; kept, and reused by the next run)")
+    p.add_argument("--scale", choices=list(SCALES), default="small", help="data size (default small, about a minute)")
+    p.add_argument("--fresh", action="store_true", help="make the data again instead of reusing it")
+    p.add_argument("--augment", action="store_true", help="Dihedral augmentation (8 symmetries per position)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mmpool.check import inspect_dirs
+    from mmpool.demo import run_demo
 
-    root = demo_root(Path(args.dir))
-    try:
-        dirs = demo_data(root)
-        print()
-        print(inspect_dirs(dirs))
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.keep:
-        print(f"\ndemo data kept in {root}")
+    summary = run_demo(Path(args.dir), scale=args.scale, fresh=args.fresh, augment=args.augment,
+                       workers=args.workers, progress=not args.quiet)
+    print(summary)
+    print(f"\nthe data stays in {args.dir} and is reused by the next run (--fresh makes it again; "
+          f"delete the directory to reclaim its space)")
     return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", choices=["small", "large"], default="small",
+                   help="small: 4M records, a few minutes; large: 40M records (~11 GB of data), much longer")
+    p.add_argument("--out", default="bench_out", help="results, plots and REPORT.md (default ./bench_out)")
+    p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these: gather stream resume peers")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # The suite lives in the repository's tools/ (next to this package in a checkout or editable install).
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
+    if not script.is_file():
+        raise ConfigError(f"{script} not found: the benchmarks ship with the source repository; "
+                          "run `mmpool bench` from a checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location("mmpool_bench_suite", script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    argv = ["--scale", args.scale, "--out", args.out] + (["--data", args.data] if args.data else [])
+    return int(module.main(argv + (["--only", *args.only] if args.only else [])))
 
 
 # --------------------------------------------------------------------------- main
@@ -133,7 +157,10 @@ COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
     "convert": ("convert legacy shards into packs, once", _convert_args, _convert),
     "inspect": ("summarise converted directories", _dirs_args, _inspect),
     "verify": ("check every pack and shard checksum", _verify_args, _verify),
-    "demo": ("generate synthetic shards, convert and inspect them", _demo_args, _demo),
+    "plan": ("how large a pool fits under a memory cap, and what it maps and costs", _plan_args, _plan),
+    "demo": ("make synthetic shards, train a tiny model from the mixed stream, picture the mixing", _demo_args,
+             _demo),
+    "bench": ("run the benchmark suite, write bench_out/REPORT.md", _bench_args, _bench),
 }
 
 

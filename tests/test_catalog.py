@@ -39,7 +39,7 @@ def test_parse_range(text: str, parsed: list[tuple[int, int | None]]) -> None:
 def test_parse_range_malformed(text: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_range(text, "/data/gen7")
-    assert str(err.value).startswith(f"/data/gen7: ")
+    assert str(err.value).startswith("/data/gen7: ")
     assert repr(text) in str(err.value)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mmpool.check import inspect_dirs
-from mmpool.cli import COMMANDS, DEMO_MARKER, main
+from mmpool.cli import COMMANDS, main
+from mmpool.demo import DEMO_MARKER
 from mmpool.format import read_manifest
 from mmpool.synthetic import make_synthetic
 
@@ -35,7 +36,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 def test_commands_registered() -> None:
-    assert list(COMMANDS) == ["convert", "inspect", "verify", "demo"]
+    assert list(COMMANDS) == ["convert", "inspect", "verify", "plan", "demo", "bench"]
 
 
 def test_convert_inspect_verify(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,25 +134,6 @@ def test_verbose_logs(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert f"mmpool: DEBUG: wrote {tmp_path / 'dst2' / 'pack-00000.npy'}: 3 shards, 900 records\n" in err
     code, _, err = run(["convert", str(src), str(tmp_path / "dst3"), "--quiet"], capsys)
     assert (code, err) == (0, "")
-
-
-def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = tmp_path / "demo"
-    code, out, _ = run(["demo", "--dir", str(root), "--keep"], capsys)
-    assert code == 0
-    main_dir, extra_dir = root / "converted" / "main", root / "converted" / "extra"
-    assert read_manifest(main_dir).shards[-1].number == 11 and len(read_manifest(extra_dir).shards) == 4
-    assert inspect_dirs([main_dir, extra_dir]) in out
-    assert "  shards: 12 (numbers 0-11)\n  records: 60,000\n" in out
-    assert "  shards: 4 (numbers 0-3)\n  records: 20,000\n" in out
-    assert out.endswith(f"\ndemo data kept in {root}\n")
-    assert main(["verify", "--quiet", str(main_dir), str(extra_dir)]) == 0
-    assert capsys.readouterr().out == "ok: 16 shards, 80000 records verified\n"
-
-    # Again without --keep: the old demo directory is replaced, then removed.
-    code, out, _ = run(["demo", "--dir", str(root)], capsys)
-    assert code == 0 and "  records: 60,000\n" in out
-    assert not root.exists()
 
 
 def test_demo_refuses_foreign_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
