@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mmpool.augment import Augmentation
 from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError
+from mmpool.format import MANIFEST_NAME
 from mmpool.memory import GB, MemoryGuard, anon_bytes
 from mmpool.packing import MAX_SYMMETRIES, row_of, shard_of, sym_of
 from mmpool.pool import IndexPool
@@ -106,6 +107,11 @@ class StreamingMixedShardDataset(IterableDataset):
         if not (isinstance(max_memory_gb, (int, float)) and math.isfinite(max_memory_gb) and max_memory_gb > 0):
             raise ConfigError(f"max_memory_gb={max_memory_gb!r}: must be a positive number of GB")
         self.data_dirs = [str(Path(d)) for d in ([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs)]
+        for d in self.data_dirs:  # a wrong directory is a configuration error (a broken manifest: ShardError)
+            if not (Path(d) / MANIFEST_NAME).is_file():
+                what = "does not exist" if not Path(d).exists() else f"has no {MANIFEST_NAME}"
+                raise ConfigError(f"data_dirs: {d} {what}: it is not a converted directory; "
+                                  f"convert its shards first: mmpool convert SRC {d}")
         self.shard_ranges = shard_ranges
         self.weights = weights
         self.catalog = Catalog(self.data_dirs, shard_ranges, weights)
@@ -149,7 +155,11 @@ class StreamingMixedShardDataset(IterableDataset):
         return self.board.read(self.catalog.weights)
 
     def state_dict(self) -> dict[str, Any]:
-        """A small JSON-serialisable state: where this iterator is, and a fingerprint of the configuration."""
+        """A small JSON-serialisable state: where this iterator is, and a fingerprint of the configuration.
+
+        With DataLoader workers each worker's copy has its own state: save ``StatefulDataLoader.state_dict()``
+        (torchdata), which collects them, not the state of the dataset object in the main process.
+        """
         progress = self._progress
         if progress is None:  # no iteration yet (also a DataLoader worker's state taken before its first item)
             info = get_worker_info()
@@ -158,8 +168,7 @@ class StreamingMixedShardDataset(IterableDataset):
         return {
             "version": STATE_VERSION,
             **progress,
-            "shards_upto": [int(self.catalog.shard_number[self.catalog.shard_dir == d].max())
-                            for d in range(self.catalog.num_dirs)],
+            "shards_upto": _last_numbers(self.catalog),
             "config": self._config(),
             "fingerprint": _fingerprint(self._config()),
         }
@@ -209,7 +218,9 @@ class StreamingMixedShardDataset(IterableDataset):
         slot = self.board.slot(worker if info is not None else None)
         first = epoch  # the first epoch of this iter(); ``start`` is that of the iteration it continues
         while self.num_epochs is None or epoch < start + self.num_epochs:
-            if epoch != first:
+            if epoch != first and info is None:
+                # In DataLoader workers each worker would read the manifests at its own moment and might see a
+                # different shard list: there new shards join at the next set_epoch(), decided in the main process.
                 self._refresh_catalog(epoch)
             self._progress = {"epoch": epoch, "start": start, "items": skip, "worker": worker,
                               "num_workers": workers if info is not None else 0}
@@ -248,11 +259,14 @@ class StreamingMixedShardDataset(IterableDataset):
         items = 0
         while True:
             packed = pool.draw(step)
+            while len(packed) < step and pool.data_left:  # the pool held less than a batch: refill, complete it
+                self._refill(pool, pack_last, guard, slot)
+                packed = np.concatenate([packed, pool.draw(step - len(packed))])
             if pool.on_activate is None and on_activate is not None and \
                     items + (1 if self.batch_size is not None else len(packed)) > skip:
                 _read_ahead_pooled(pool, on_activate)
             if pool.size < pool.threshold and pool.data_left:
-                self._refill(pool, pack_last, guard, slot)
+                self._refill(pool, pack_last, guard, slot, force_check=items >= skip)
             if len(packed) == 0 or (self.drop_last and self.batch_size and len(packed) < step):
                 break
             if self.batch_size is not None:
@@ -260,7 +274,7 @@ class StreamingMixedShardDataset(IterableDataset):
                     batch = self._materialise(packed, slot)
                     items += 1
                     self._progress["items"] = items
-                    guard.check(self._context(pool))
+                    guard.check(lambda: self._context(pool))
                     yield batch
                 else:
                     items += 1
@@ -273,7 +287,7 @@ class StreamingMixedShardDataset(IterableDataset):
                 self._progress["items"] = items + i + 1
                 yield {k: v[i] for k, v in batch.items()}
             items += len(packed)
-            guard.check(self._context(pool))
+            guard.check(lambda: self._context(pool))
         slot.update_pool(pool)
         slot.set_peak(guard.peak)
         self.store.close()
@@ -285,9 +299,13 @@ class StreamingMixedShardDataset(IterableDataset):
         if self.factor > 1:
             fields = self.augmentation.apply(fields, sym_of(packed))
         slot.count(np.bincount(self.catalog.shard_dir[shards], minlength=self.catalog.num_dirs))
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fields.items()}
+        if get_worker_info() is None:
+            return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fields.items()}
+        return _as_tensors(fields)
 
-    def _refill(self, pool: IndexPool, pack_last: np.ndarray, guard: MemoryGuard, slot: Any) -> None:
+    def _refill(self, pool: IndexPool, pack_last: np.ndarray, guard: MemoryGuard, slot: Any,
+                force_check: bool = True) -> None:
+        """Top the pool up; ``force_check=False`` (a fast-forward) checks memory only at the guard's interval."""
         t0 = time.perf_counter()
         added = pool.fill()
         # A pack none of whose rows can be drawn again is unmapped.
@@ -295,7 +313,7 @@ class StreamingMixedShardDataset(IterableDataset):
             if pack_last[p] < pool.seg and pool.outstanding[self.catalog.shard_pack == p].sum() == 0:
                 self.store.release(p)
         slot.update_pool(pool)
-        used = guard.check(self._context(pool), force=True)
+        used = guard.check(self._context(pool), force=force_check)
         slot.set_peak(guard.peak)
         if log.isEnabledFor(logging.INFO):
             shares = slot.shares(self.catalog.weights)
@@ -351,14 +369,24 @@ class StreamingMixedShardDataset(IterableDataset):
 
     def _refresh_catalog(self, epoch: int | None = None) -> None:
         """Pick up shards converted since the catalog was read (only ever between epochs); ``epoch`` is the next."""
-        fresh = Catalog(self.data_dirs, self.shard_ranges, self.weights)
+        upto = None
+        dist = torch.distributed
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # Every rank must see the same shards, or they split them differently and yield different batch
+            # counts (a DDP hang): rank 0 reads the manifests and tells the others how far to read.
+            fresh = Catalog(self.data_dirs, self.shard_ranges, self.weights) if self.rank == 0 else None
+            message = [_last_numbers(fresh) if fresh is not None else None]
+            dist.broadcast_object_list(message, src=0)
+            upto = message[0]
+        fresh = Catalog(self.data_dirs, self.shard_ranges, self.weights, upto=upto)
         if fresh.num_shards != self.catalog.num_shards or not np.array_equal(fresh.shard_rows, self.catalog.shard_rows):
             for d in range(fresh.num_dirs):
                 new = set(fresh.shard_number[fresh.shard_dir == d].tolist())
                 new -= set(self.catalog.shard_number[self.catalog.shard_dir == d].tolist())
                 if new:
                     log.info("%s: %d new shards (%s) join from epoch %d; weights now %s", fresh.dirs[d], len(new),
-                             ",".join(map(str, sorted(new)[:10])), self.epoch if epoch is None else epoch, np.round(fresh.weights, 4).tolist())
+                             ",".join(map(str, sorted(new)[:10])), self.epoch if epoch is None else epoch,
+                             np.round(fresh.weights, 4).tolist())
             self._use_catalog(fresh)
 
     def _use_catalog(self, catalog: Catalog) -> None:
@@ -367,14 +395,68 @@ class StreamingMixedShardDataset(IterableDataset):
         self.store = ShardStore(catalog, self.max_open_packs)
 
 
+def _last_numbers(catalog: Catalog) -> list[int]:
+    """The highest selected shard number of every directory (what a resume or another rank should read up to)."""
+    return [int(catalog.shard_number[catalog.shard_dir == d].max()) for d in range(catalog.num_dirs)]
+
+
 def _read_ahead_pooled(pool: IndexPool, on_activate: Any) -> None:
-    """End of a fast-forward: read ahead the rows of the pool's segments that still have entries pooled."""
+    """End of a fast-forward: read ahead what an uninterrupted stream would have read ahead lately, the most
+    recently activated rows of the segments still pooled, about a pool's worth (not every shard with an entry left)."""
     pool.on_activate = on_activate
     segs = pool.segments
     started = pool.seg + int(pool.data_left and pool.row > int(segs.lo[pool.seg]))
-    for i in np.flatnonzero(pool.outstanding[segs.shard[:started]] > 0):
-        hi = int(segs.hi[i]) if i < pool.seg else pool.row
-        on_activate(int(segs.shard[i]), int(segs.lo[i]), hi)
+    budget = pool.capacity // pool.factor
+    for i in np.flatnonzero(pool.outstanding[segs.shard[:started]] > 0)[::-1]:
+        if budget <= 0:
+            break
+        lo, hi = int(segs.lo[i]), int(segs.hi[i]) if i < pool.seg else pool.row
+        on_activate(int(segs.shard[i]), max(lo, hi - budget), hi)
+        budget -= hi - lo
+
+
+def _as_tensors(fields: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Contiguous copies of the fields as torch tensors that are views of ONE buffer (used in DataLoader workers).
+
+    A worker hands each storage to the main process through a file-descriptor handshake of its own, the largest
+    per-batch cost there: one storage per batch instead of one per field makes a worker several times faster.
+    In the main process the plain per-field copies are cheaper (fewer torch calls).
+    """
+    offsets, size = [], 0
+    for v in fields.values():
+        size = -(-size // 64) * 64  # every field starts 64-byte aligned
+        offsets.append(size)
+        size += v.nbytes
+    raw = np.empty(-(-size // 64) * 64, dtype=np.uint8)
+    buf = torch.from_numpy(raw)
+    typed: dict[torch.dtype, torch.Tensor] = {}  # the whole buffer viewed as each dtype needed
+    out = {}
+    for (name, v), at in zip(fields.items(), offsets):
+        np.copyto(raw[at : at + v.nbytes].view(v.dtype).reshape(v.shape), v)
+        dtype = _torch_dtype(v.dtype)
+        whole = typed.get(dtype)
+        if whole is None:
+            whole = typed[dtype] = buf.view(dtype)
+        out[name] = whole.as_strided(v.shape, _contiguous_strides(v.shape), at // v.itemsize)
+    return out
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return strides[::-1]
+
+
+_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    found = _TORCH_DTYPES.get(dtype)
+    if found is None:
+        found = _TORCH_DTYPES[dtype] = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    return found
 
 
 def _last_segment_per_pack(seg_packs: np.ndarray, num_packs: int) -> np.ndarray:

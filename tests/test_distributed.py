@@ -160,3 +160,67 @@ def test_an_odd_total_drops_so_every_rank_yields_the_same_batches(odd_dirs: Data
         for f in fields:
             odd_dirs.source.assert_matches(f)
     assert [r["batches"] for r in reports] == [batches, batches]
+
+
+NEW_SHARDS_SCRIPT = r"""
+import datetime, json, shutil, sys, time
+from pathlib import Path
+import torch, torch.distributed as dist
+from mmpool.convert import convert
+from mmpool.dataset import StreamingMixedShardDataset
+
+src, dst, later, out = (Path(p) for p in sys.argv[1:5])
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+rank = dist.get_rank()
+ds = StreamingMixedShardDataset([dst], pool_size=500, batch_size=50, random_seed=1)
+before = ds.catalog.num_shards
+dist.barrier()
+if rank == 0:
+    # Rank 1 is already waiting in set_epoch; without an agreed shard list it would have read the old manifest.
+    time.sleep(1.0)
+    for f in sorted(later.iterdir()):
+        shutil.move(str(f), src / f.name)
+    convert(src, dst, pack_size=1 << 20, progress=False)
+ds.set_epoch(1)
+ids, batches = [], 0
+for batch in ds:
+    ids += batch["id"].tolist()
+    batches += 1
+    dist.all_reduce(torch.ones(1))
+(out / f"rank{rank}.json").write_text(json.dumps({"before": before, "after": ds.catalog.num_shards,
+                                                   "ids": ids, "batches": batches}))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_agree_on_shards_converted_between_epochs(tmp_path: Path) -> None:
+    """set_epoch picks up new shards on every rank at once: rank 0 decides, the others follow (no DDP hang)."""
+    from mmpool.convert import convert
+    from mmpool.synthetic import make_synthetic
+
+    (src,) = make_synthetic(tmp_path / "src", [6], 200, seed=3)
+    (extra,) = make_synthetic(tmp_path / "extra", [8], 200, seed=3)
+    later = tmp_path / "later"
+    later.mkdir()
+    for f in sorted(extra.iterdir())[6:]:  # shards 6 and 7 arrive while rank 1 waits in set_epoch
+        f.rename(later / f.name)
+    dst = tmp_path / "conv"
+    convert(src, dst, pack_size=1 << 20, progress=False)
+    script = tmp_path / "rank.py"
+    script.write_text(NEW_SHARDS_SCRIPT)
+    port = free_port()
+    procs = []
+    for rank in range(WORLD):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   WORLD_SIZE=str(WORLD), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(script), str(src), str(dst), str(later), str(tmp_path)],
+                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for rank, p in enumerate(procs):
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, f"rank {rank} failed:\n{err}"
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [(r["before"], r["after"]) for r in reports] == [(6, 8), (6, 8)]
+    assert reports[0]["batches"] == reports[1]["batches"] == 16  # 1600 records, 2 ranks, batches of 50
+    ids = reports[0]["ids"] + reports[1]["ids"]
+    assert len(ids) == len(set(ids)) == 8 * 200
+    assert not set(reports[0]["ids"]) & set(reports[1]["ids"])

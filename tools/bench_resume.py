@@ -1,0 +1,133 @@
+"""Benchmark of resuming: fast-forward from a saved state against streaming to the same point.
+
+Builds converted data directly with PackWriter/write_manifest (records of the synthetic dtype, only the ``id``
+field filled: a fast-forward never reads records, and the stream only copies them), streams ``--resume-at``
+examples uninterrupted, saves the state, then times a fresh dataset from ``load_state_dict`` to its first item
+and checks that item is the one the uninterrupted stream yields next.
+
+Example: python tools/bench_resume.py                       (12M records, 2 dirs, 240 shards, pool 2M, at 10M)
+         python tools/bench_resume.py --root /data/bench --keep --mode single
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run from a checkout without installing: make the repo root (parent of tools/) importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from mmpool.format import (  # noqa: E402
+    MANIFEST_NAME,
+    Manifest,
+    PackWriter,
+    Schema,
+    ShardEntry,
+    checksum,
+    write_manifest,
+)
+from mmpool.synthetic import position_dtype  # noqa: E402
+
+
+def build(root: Path, records: int, shards: int, dirs: int, shards_per_pack: int) -> list[Path]:
+    """``dirs`` converted directories holding ``shards`` shards (split evenly) of ``records`` records in all."""
+    dtype = position_dtype()
+    schema = Schema.from_dtype(dtype)
+    rows = records // shards
+    out = []
+    for d in range(dirs):
+        dst = root / f"dir{d}"
+        out.append(dst)
+        count = shards // dirs + (d < shards % dirs)
+        if (dst / MANIFEST_NAME).exists():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        packs, entries = [], []
+        for first in range(0, count, shards_per_pack):
+            numbers = range(first, min(count, first + shards_per_pack))
+            writer = PackWriter(dst / f"pack-{len(packs):05d}.npy", dtype, rows * len(numbers), "npy")
+            for k, number in enumerate(numbers):
+                block = np.zeros(rows, dtype=dtype)
+                block["id"] = (d << 40) | (number << 20) | np.arange(rows)
+                writer.write(block)
+                entries.append(
+                    ShardEntry(number, f"shard_{number:05d}.npy", len(packs), k * rows, rows, checksum(block))
+                )
+            packs.append(writer.commit())
+        write_manifest(dst, Manifest("npy", schema, tuple(packs), tuple(entries)))
+        print(f"built {dst}: {count} shards of {rows} records in {len(packs)} packs", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, help="where to build the data (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the data (reused when --root already holds it)")
+    parser.add_argument("--records", type=int, default=12_000_000)
+    parser.add_argument("--shards", type=int, default=240)
+    parser.add_argument("--dirs", type=int, default=2)
+    parser.add_argument("--shards-per-pack", type=int, default=64)
+    parser.add_argument("--pool", type=int, default=2_000_000)
+    parser.add_argument("--resume-at", type=int, default=10_000_000, help="examples into the epoch")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--mode", choices=("batch", "single"), default="batch",
+                        help="batch: the dataset yields batches; single: single examples (drawn chunk_size at a time)")
+    args = parser.parse_args(argv)
+
+    from mmpool.dataset import StreamingMixedShardDataset
+
+    root = args.root or Path(tempfile.mkdtemp(prefix="mmpool-bench-resume-"))
+    try:
+        dirs = build(root, args.records, args.shards, args.dirs, args.shards_per_pack)
+        batch = args.mode == "batch"
+        kwargs = dict(pool_size=args.pool, random_seed=0, batch_size=args.batch_size if batch else None,
+                      chunk_size=args.batch_size)
+        steps = args.resume_at // args.batch_size if batch else args.resume_at
+        at = steps * args.batch_size if batch else steps
+
+        ds = StreamingMixedShardDataset(dirs, **kwargs)
+        it = iter(ds)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            next(it)
+        t_stream, c_stream = time.perf_counter() - t0, time.process_time() - c0
+        state = json.loads(json.dumps(ds.state_dict()))
+        expected = next(it)["id"]
+        del it, ds
+
+        ds = StreamingMixedShardDataset(dirs, **kwargs)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ds.load_state_dict(state)
+        first = next(iter(ds))["id"]
+        t_resume, c_resume = time.perf_counter() - t0, time.process_time() - c0
+        same = bool((np.asarray(first) == np.asarray(expected)).all())
+
+        print(f"data: {args.records:,} records, {args.shards} shards in {args.dirs} dirs; pool {args.pool:,}; "
+              f"mode {args.mode}, {args.batch_size} per {'batch' if batch else 'draw'}")
+        print(f"state: {len(json.dumps(state))} bytes of JSON")
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
+              "(wall times grow with it; CPU times much less)")
+        print(f"uninterrupted stream to example {at:,}: {t_stream:.2f} s wall, {c_stream:.2f} s CPU "
+              f"({at / t_stream / 1e6:.2f} M examples/s)")
+        print(f"resume (load_state_dict to first item) at example {at:,}: {t_resume:.3f} s wall, {c_resume:.3f} s CPU "
+              f"= {t_resume / t_stream:.3f} x the uninterrupted stream (CPU: {c_resume / c_stream:.3f} x); "
+              f"first item identical: {same}")
+        ok = same and t_resume <= 2.0
+        print("PASS" if ok else "FAIL", "(target: at most 2 s, identical first item)")
+        return 0 if ok else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
