@@ -245,7 +245,7 @@ class StreamingMixedShardDataset(IterableDataset):
         rng = np.random.default_rng(np.random.SeedSequence([self.random_seed, epoch, me, participants]))
         capacity = -(-self.pool_size // workers)
         threshold = -(-self.refill_threshold // workers)
-        on_activate = self._activated if self.prefetch else None
+        on_activate = self._activated
         # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
         pool = IndexPool(plans[me], capacity, threshold, self.factor, rng, cat.num_shards,
                          None if skip else on_activate)
@@ -322,9 +322,10 @@ class StreamingMixedShardDataset(IterableDataset):
                      used / GB, shares)
 
     def _activated(self, shard: int, lo: int, hi: int) -> None:
-        self.store.prefetch(shard, lo, hi)
-        if lo == 0:
-            log.debug("activated %s (rows %d-%d)", self.catalog.describe_shard(shard), lo, hi - 1)
+        """Rows ``lo..hi-1`` of a shard entered the pool: read them ahead (cold page cache) and log it."""
+        if self.prefetch:
+            self.store.prefetch(shard, lo, hi)
+        log.info("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
 
     def _context(self, pool: IndexPool) -> str:
         return (f"pool: {pool.size} entries of {pool.capacity} ({pool.capacity * ENTRY_BYTES / GB:.3f} GB); "
