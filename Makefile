@@ -23,7 +23,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q -e ".[bench]" "$$($(BIN)/python -c 'import torch; print("torch==" + torch.__version__)')"
+	$(BIN)/pip install -q --no-deps mosaicml-streaming Brotli catalogue python-snappy zstd
 	$(BIN)/mmpool bench --scale small
 
 clean:
