@@ -139,12 +139,14 @@ def section(run: dict) -> tuple[str, list[dict]]:
             parts.append(f"From `{path}`:\n\n{bd.table(doc['rows'])}")
         elif isinstance(doc, list) and _generic_table(doc):
             parts.append(f"From `{path}`:\n\n{_generic_table(doc)}")
+        elif isinstance(doc, dict) and isinstance(doc.get("rows"), list) and _generic_table(doc["rows"]):
+            parts.append(f"From `{path}`:\n\n{_generic_table(doc['rows'])}")
         elif isinstance(doc, dict):
             flat = {k: v for k, v in doc.items() if not isinstance(v, (dict, list))}
             if flat:
                 parts.append(f"From `{path}`:\n\n{_generic_table([flat])}")
     if not parts:  # no JSON we can read: the tool's own printed output
-        text = "\n".join((run["stdout"].strip() or run["stderr_tail"].strip()).splitlines()[-80:])
+        text = "\n".join((run.get("stdout", "").strip() or run["stderr_tail"].strip()).splitlines()[-80:])
         parts.append(text if "|" in text else f"```\n{text}\n```")
     return title + "\n" + "\n\n".join(parts) + "\n", ours
 
@@ -173,7 +175,8 @@ def plots(rows: list[dict], out: Path, scale: str) -> list[Path]:
         ax.set_xlim(min(0.5, min(margin) / 1.5), max(2.0, max(margin) * 3))  # room for the labels
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("margin over the target (ratio / target; target / ratio where lower is better): >= 1 passes")
+        ax.set_xlabel("margin over the target: ratio / target, or target / ratio where lower is better "
+                      "(>= 1 passes)", fontsize=8)
         ax.set_title(f"mmpool benchmarks ({scale}): every figure against its target")
         for i, (m, r) in enumerate(zip(margin, rows)):
             ax.text(m, i, f" {r['ratio']:.2f} ({r['target']})", va="center", fontsize=7)
@@ -192,7 +195,7 @@ def plots(rows: list[dict], out: Path, scale: str) -> list[Path]:
         ax.set_yticks(list(y), [f"{r['metric'][:60]}\n({r['baseline']:.3g} {r['unit']} baseline)" for r in speed],
                       fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("throughput relative to its baseline (median rates)")
+        ax.set_xlabel("throughput relative to its baseline (the rates in the tables)")
         ax.legend(loc="lower right")
         ax.set_title(f"throughput ({scale})")
         fig.tight_layout()
@@ -210,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
     p.add_argument("--only", nargs="+", choices=sorted(suite()), help="run only these benchmarks")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: rebuild REPORT.md and the plots from the last run (OUT/suite-SCALE.json)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     command = " ".join(["python", "tools/bench.py", *(argv if argv is not None else sys.argv[1:])])
     runs = []
-    for name, script in suite().items():
+    if args.collect:
+        last = json.loads((out / f"suite-{args.scale}.json").read_text())
+        info, started, command, runs = last["machine"], last["date"], last["command"], last["runs"]
+    for name, script in ({} if args.collect else suite()).items():
         if args.only and name not in args.only:
             continue
         if not (TOOLS / script).exists():
@@ -232,11 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += ours
     pngs = plots(rows, out, args.scale)
     failed = [r["metric"] for r in rows if not r["pass"]]
-    load_end = [round(x, 2) for x in os.getloadavg()]
+    load_end = last["load_end"] if args.collect else [round(x, 2) for x in os.getloadavg()]
+    finished = last.get("finished", "?") if args.collect else time.strftime("%H:%M:%S")
     head = [
         f"# mmpool benchmarks ({args.scale})",
         "",
-        f"- date: {started} (finished {time.strftime('%H:%M:%S')})",
+        f"- date: {started} (finished {finished})",
         f"- command: `{command}`",
         f"- machine: {info['cores']} cores ({info['cpu']}), {info['ram_gb']} GB RAM, {info['platform']}",
         f"- python {info['python']}, numpy {info['numpy']}, torch {info['torch']}",
@@ -251,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_text("\n".join(head) + "\n" + "\n".join(sections))
     (out / f"REPORT-{args.scale}.md").write_text(report.read_text())  # kept when the other scale runs next
     (out / f"suite-{args.scale}.json").write_text(json.dumps(
-        {"date": started, "command": command, "machine": info, "load_end": load_end,
-         "runs": [{k: v for k, v in r.items() if k != "stdout"} for r in runs], "rows": rows}, indent=1))
+        {"date": started, "finished": finished, "command": command, "machine": info, "load_end": load_end,
+         "runs": runs, "rows": rows}, indent=1))
     print(report.read_text())
     log(f"wrote {report}")
     return 0 if all(r["code"] in (0, 1) for r in runs) else 2
