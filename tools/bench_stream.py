@@ -15,7 +15,9 @@
 
 Speeds are ratios of contenders timed in the same run, in alternating rounds (medians of the per-round ratios),
 because the machine is shared. Where the RAM copy and the warm page cache cannot both hold the data ((b) at the
-large scale), the baseline's rounds run first, then the stream's, and the best round of each is compared. torch runs on one thread (``torch.set_num_threads(1)``); mmpool's work is numpy.
+large scale), the baseline's rounds run first, then the stream's, and the best round of each is compared.
+torch runs on one thread (``torch.set_num_threads(1)``); mmpool's work is numpy. Timed batches follow untimed ones
+(the pool built, the packs' page tables filled in): steady state.
 Scales: small = 4M records (3M + 1M in 600 + 200 shards), pool 2M; large = 40M records (30M + 10M), pool 40M.
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import threading
