@@ -309,7 +309,7 @@ class StreamingMixedShardDataset(IterableDataset):
         t0 = time.perf_counter()
         added = pool.fill()
         # A pack none of whose rows can be drawn again is unmapped.
-        for p in list(self.store._open):
+        for p in self.store.mapped_packs():
             if pack_last[p] < pool.seg and pool.outstanding[self.catalog.shard_pack == p].sum() == 0:
                 self.store.release(p)
         slot.update_pool(pool)

@@ -185,6 +185,10 @@ class ShardStore:
     def open_packs(self) -> int:
         return len(self._open)
 
+    def mapped_packs(self) -> list[int]:
+        """Global ids of the packs mapped now."""
+        return list(self._open)
+
     @property
     def mapped_bytes(self) -> int:
         """Bytes of address space currently mapped (file-backed; page cache, not process memory)."""
