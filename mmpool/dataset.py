@@ -162,15 +162,14 @@ class StreamingMixedShardDataset(IterableDataset):
         """
         progress = self._progress
         if progress is None:  # no iteration yet (also a DataLoader worker's state taken before its first item)
-            info = get_worker_info()
-            progress = {"epoch": self.epoch, "start": self.epoch, "items": 0, "worker": info.id if info else 0,
-                        "num_workers": info.num_workers if info else 0}
+            progress = _position(self.epoch, self.epoch, 0, get_worker_info())
+        config = self._config()
         return {
             "version": STATE_VERSION,
             **progress,
             "shards_upto": _last_numbers(self.catalog),
-            "config": self._config(),
-            "fingerprint": _fingerprint(self._config()),
+            "config": config,
+            "fingerprint": _fingerprint(config),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -222,12 +221,10 @@ class StreamingMixedShardDataset(IterableDataset):
                 # In DataLoader workers each worker would read the manifests at its own moment and might see a
                 # different shard list: there new shards join at the next set_epoch(), decided in the main process.
                 self._refresh_catalog(epoch)
-            self._progress = {"epoch": epoch, "start": start, "items": skip, "worker": worker,
-                              "num_workers": workers if info is not None else 0}
+            self._progress = _position(epoch, start, skip, info)
             yield from self._epoch(epoch, worker, workers, skip, guard, slot)
             epoch, skip = epoch + 1, 0
-            self._progress = {"epoch": epoch, "start": start, "items": 0, "worker": worker,
-                              "num_workers": workers if info is not None else 0}
+            self._progress = _position(epoch, start, 0, info)
 
     def _epoch(self, epoch: int, worker: int, workers: int, skip: int, guard: MemoryGuard,
                slot: Any) -> Iterator[dict[str, torch.Tensor]]:
@@ -394,6 +391,12 @@ class StreamingMixedShardDataset(IterableDataset):
         self.catalog = catalog
         self.store.close()
         self.store = ShardStore(catalog, self.max_open_packs)
+
+
+def _position(epoch: int, start: int, items: int, info: Any) -> dict[str, int]:
+    """Where an iterator is (the PROGRESS_KEYS of a state); ``info`` is the DataLoader worker info or None."""
+    return {"epoch": epoch, "start": start, "items": items, "worker": info.id if info is not None else 0,
+            "num_workers": info.num_workers if info is not None else 0}
 
 
 def _last_numbers(catalog: Catalog) -> list[int]:
