@@ -229,14 +229,12 @@ def bench_convert(cfg: dict, data_root: Path, scratch: Path) -> tuple[list[dict]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--out", default="bench_out", help="where results go (default bench_out)")
-    p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
+    bd.add_common_args(p, SCALES)
     p.add_argument("--skip", choices=["gather", "convert"], action="append", default=[])
     args = p.parse_args(argv)
     cfg = SCALES[args.scale]
     out = Path(args.out)
-    data_root = Path(args.data) if args.data else out / "data"
+    data_root = bd.data_root(args)
     rows, details = [], {}
     if "gather" not in args.skip:
         r, details["gather"] = bench_gather(cfg, data_root)

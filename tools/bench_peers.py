@@ -633,9 +633,9 @@ def table(rows: list[dict], scale: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--out", default="bench_out", help="directory for peers.json (default bench_out)")
-    p.add_argument("--data", default=None, help="where the generated data is cached (default OUT/data)")
+    import benchdata
+
+    benchdata.add_common_args(p, SCALES)
     p.add_argument("--only", nargs="+", choices=[p.name for p in PEERS], help="run only these peers")
     p.add_argument("--skip", nargs="+", default=[], choices=[p.name for p in PEERS],
                    help="peers not to run (each still gets a row saying so)")
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", choices=sorted(BY_NAME), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.data = Path(args.data) if args.data else Path(args.out) / "data"
+    args.data = benchdata.data_root(args)
     if args.child:
         child(args.child, BY_NAME[args.peer], args.scale, args.data, Path(args.result))
         return 0

@@ -310,7 +310,7 @@ def bench_throughput(cfg: dict, dirs: list[Path]) -> tuple[list[dict], dict]:
     timed(aug_it, warmup)
     res_d = alternate({"aug": lambda: timed(aug_it, per_round), "plain": lambda: timed(it, per_round)}, rounds)
     ratio_d = paired(res_d, "aug", "plain")
-    del aug_it
+    aug_it = None  # frees the pool (the lambdas above name it, so no del)
     gc.collect()
     log(f"(d) augmented {bd.median(res_d['aug']) / 1e6:.2f}M/s, plain {bd.median(res_d['plain']) / 1e6:.2f}M/s")
     details["d"] = res_d
@@ -323,7 +323,7 @@ def bench_throughput(cfg: dict, dirs: list[Path]) -> tuple[list[dict], dict]:
     timed(dl_it, warmup)  # both workers have built their pools and mapped the packs
     res_c = alternate({"workers": lambda: timed(dl_it, per_round_c), "one": lambda: timed(it, per_round_c)}, rounds)
     ratio_c = paired(res_c, "workers", "one")
-    del dl_it, loader
+    dl_it = loader = None  # stops the workers
     empty_it = iter(DataLoader(EmptyBatches(BATCH * 280), batch_size=None, num_workers=2, prefetch_factor=4))
     for _ in range(4):
         next(empty_it)
@@ -333,7 +333,7 @@ def bench_throughput(cfg: dict, dirs: list[Path]) -> tuple[list[dict], dict]:
     res_c["ceiling"] = ceiling
     log(f"(c) 2 workers {bd.median(res_c['workers']) / 1e6:.2f}M/s, one process {bd.median(res_c['one']) / 1e6:.2f}M/s")
     details["c"] = res_c
-    del it
+    it = None  # frees the pool
 
     how = ("one after the other (the RAM copy and the page cache cannot both hold the data), best round of each"
            if large else "paired rounds, median of the per-round ratios")
@@ -360,15 +360,13 @@ def bench_throughput(cfg: dict, dirs: list[Path]) -> tuple[list[dict], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--out", default="bench_out", help="where results go (default bench_out)")
-    p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
+    bd.add_common_args(p, SCALES)
     p.add_argument("--skip", choices=["pool", "throughput"], action="append", default=[])
     p.add_argument("--child", choices=["pool"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cfg = SCALES[args.scale]
     torch.set_num_threads(1)
-    data_root = Path(args.data) if args.data else Path(args.out) / "data"
+    data_root = bd.data_root(args)
     dirs = bd.converted_dataset(data_root, cfg["records"], cfg["shards"], cfg["pack_size"])
     if args.child == "pool":
         print(json.dumps(child_pool(cfg, dirs)))

@@ -24,6 +24,7 @@ Results: ``result`` makes one table row (mmpool, baseline, ratio, target, pass),
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing
@@ -235,6 +236,18 @@ def legacy_dataset(
 
 
 # --------------------------------------------------------------------------- page cache
+
+
+def add_common_args(p: argparse.ArgumentParser, scales: Iterable[str]) -> None:
+    """The options every benchmark tool takes, so tools/bench.py can run them all alike."""
+    p.add_argument("--scale", choices=sorted(scales), default="small")
+    p.add_argument("--out", default="bench_out", help="where results go (default bench_out)")
+    p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
+
+
+def data_root(args: argparse.Namespace) -> Path:
+    """Where the benchmark data is cached: ``--data``, else OUT/data."""
+    return Path(args.data) if args.data else Path(args.out) / "data"
 
 
 def pack_files(dirs: Iterable[str | Path]) -> list[Path]:
