@@ -37,8 +37,13 @@ def _convert(args: argparse.Namespace) -> int:
     from mmpool.convert import convert
 
     summary = convert(
-        args.src, args.dst, fmt=args.format, pack_size=args.pack_size, workers=args.workers,
-        allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
+        args.src,
+        args.dst,
+        fmt=args.format,
+        pack_size=args.pack_size,
+        workers=args.workers,
+        allow_nonfinite=args.allow_nonfinite,
+        progress=not args.quiet,
     )
     print(summary)
     return 0
@@ -87,17 +92,28 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetries", type=int, default=1, help="augmentation factor, e.g. 8 for Dihedral (default 1)")
     p.add_argument("--world-size", type=int, default=1, help="ranks (default 1)")
     p.add_argument("--max-open-packs", type=int, default=64, help="the dataset's bound on open packs (default 64)")
-    p.add_argument("--baseline-gb", type=float,
-                   help="anonymous memory of your training process before the pool (default: measured here, "
-                        "with torch imported; give more if your model is large)")
+    p.add_argument(
+        "--baseline-gb",
+        type=float,
+        help="anonymous memory of your training process before the pool (default: measured here, "
+        "with torch imported; give more if your model is large)",
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
     from mmpool.plan import plan
 
-    result = plan(args.dirs, args.max_memory_gb, args.pool_size, args.workers, args.batch_size,
-                  factor=args.symmetries, world_size=args.world_size, max_open_packs=args.max_open_packs,
-                  baseline_gb=args.baseline_gb)
+    result = plan(
+        args.dirs,
+        args.max_memory_gb,
+        args.pool_size,
+        args.workers,
+        args.batch_size,
+        factor=args.symmetries,
+        world_size=args.world_size,
+        max_open_packs=args.max_open_packs,
+        baseline_gb=args.baseline_gb,
+    )
     print(result)
     return 0 if result.fits else 1
 
@@ -105,8 +121,9 @@ def _plan(args: argparse.Namespace) -> int:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     from mmpool.demo import SCALES
 
-    p.add_argument("--dir", default="mmpool_demo",
-                   help="data directory (default ./mmpool_demo; kept, and reused by the next run)")
+    p.add_argument(
+        "--dir", default="mmpool_demo", help="data directory (default ./mmpool_demo; kept, and reused by the next run)"
+    )
     p.add_argument("--scale", choices=list(SCALES), default="small", help="data size (default small, about a minute)")
     p.add_argument("--fresh", action="store_true", help="make the data again instead of reusing it")
     p.add_argument("--augment", action="store_true", help="Dihedral augmentation (8 symmetries per position)")
@@ -117,11 +134,19 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from mmpool.demo import run_demo
 
-    summary = run_demo(Path(args.dir), scale=args.scale, fresh=args.fresh, augment=args.augment,
-                       workers=args.workers, progress=not args.quiet)
+    summary = run_demo(
+        Path(args.dir),
+        scale=args.scale,
+        fresh=args.fresh,
+        augment=args.augment,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     print(summary)
-    print(f"\nthe data stays in {args.dir} and is reused by the next run (--fresh makes it again; "
-          f"delete the directory to reclaim its space)")
+    print(
+        f"\nthe data stays in {args.dir} and is reused by the next run (--fresh makes it again; "
+        f"delete the directory to reclaim its space)"
+    )
     return 0
 
 
@@ -129,8 +154,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", choices=["small", "large"], default="small",
-                   help="small: 4M records, a few minutes; large: 40M records (~11 GB of data), much longer")
+    p.add_argument(
+        "--scale",
+        choices=["small", "large"],
+        default="small",
+        help="small: 4M records, a few minutes; large: 40M records (~11 GB of data), much longer",
+    )
     p.add_argument("--out", default="bench_out", help="results, plots and REPORT.md (default ./bench_out)")
     p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these: gather stream resume peers")
@@ -142,8 +171,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     script = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
     if not script.is_file():
-        raise ConfigError(f"{script} not found: the benchmarks ship with the source repository; "
-                          "run `mmpool bench` from a checkout (pip install -e .)")
+        raise ConfigError(
+            f"{script} not found: the benchmarks ship with the source repository; "
+            "run `mmpool bench` from a checkout (pip install -e .)"
+        )
     spec = importlib.util.spec_from_file_location("mmpool_bench_suite", script)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -158,8 +189,7 @@ COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {
     "inspect": ("summarise converted directories", _dirs_args, _inspect),
     "verify": ("check every pack and shard checksum", _verify_args, _verify),
     "plan": ("how large a pool fits under a memory cap, and what it maps and costs", _plan_args, _plan),
-    "demo": ("make synthetic shards, train a tiny model from the mixed stream, picture the mixing", _demo_args,
-             _demo),
+    "demo": ("make synthetic shards, train a tiny model from the mixed stream, picture the mixing", _demo_args, _demo),
     "bench": ("run the benchmark suite, write bench_out/REPORT.md", _bench_args, _bench),
 }
 
@@ -186,8 +216,9 @@ def _setup_logging(verbosity: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     # -v is accepted before and after the subcommand; SUPPRESS keeps a subparser from resetting it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="log progress (-v) or details (-vv)")
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress (-v) or details (-vv)"
+    )
     parser = argparse.ArgumentParser(prog="mmpool", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():

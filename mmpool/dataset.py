@@ -110,8 +110,10 @@ class StreamingMixedShardDataset(IterableDataset):
         for d in self.data_dirs:  # a wrong directory is a configuration error (a broken manifest: ShardError)
             if not (Path(d) / MANIFEST_NAME).is_file():
                 what = "does not exist" if not Path(d).exists() else f"has no {MANIFEST_NAME}"
-                raise ConfigError(f"data_dirs: {d} {what}: it is not a converted directory; "
-                                  f"convert its shards first: mmpool convert SRC {d}")
+                raise ConfigError(
+                    f"data_dirs: {d} {what}: it is not a converted directory; "
+                    f"convert its shards first: mmpool convert SRC {d}"
+                )
         self.shard_ranges = shard_ranges
         self.weights = weights
         self.catalog = Catalog(self.data_dirs, shard_ranges, weights)
@@ -184,8 +186,10 @@ class StreamingMixedShardDataset(IterableDataset):
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or any(k not in state for k in keys):
             raise ConfigError(f"not an mmpool state (version {STATE_VERSION}): {str(state)[:200]}")
         if _fingerprint(state["config"]) != state["fingerprint"]:
-            raise ConfigError(f"the state's configuration does not match its fingerprint {state['fingerprint']}: "
-                              "it was edited or corrupted; use a state saved by StreamingMixedShardDataset.state_dict")
+            raise ConfigError(
+                f"the state's configuration does not match its fingerprint {state['fingerprint']}: "
+                "it was edited or corrupted; use a state saved by StreamingMixedShardDataset.state_dict"
+            )
         mine = self._config()
         diff = [k for k in sorted(set(mine) | set(state["config"])) if mine.get(k) != state["config"].get(k)]
         if diff:
@@ -226,41 +230,63 @@ class StreamingMixedShardDataset(IterableDataset):
             epoch, skip = epoch + 1, 0
             self._progress = _position(epoch, start, 0, info)
 
-    def _epoch(self, epoch: int, worker: int, workers: int, skip: int, guard: MemoryGuard,
-               slot: Any) -> Iterator[dict[str, torch.Tensor]]:
+    def _epoch(
+        self, epoch: int, worker: int, workers: int, skip: int, guard: MemoryGuard, slot: Any
+    ) -> Iterator[dict[str, torch.Tensor]]:
         cat = self.catalog
         participants = self.world_size * workers
         me = self.rank * workers + worker
-        plans, quota = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, participants,
-                                  self.max_examples_unaugmented)
-        total = int(cat.shard_rows.sum()) if self.max_examples_unaugmented is None else min(
-            int(cat.shard_rows.sum()), self.max_examples_unaugmented)
+        plans, quota = plan_epoch(
+            cat.shard_dir, cat.shard_rows, cat.weights, participants, self.max_examples_unaugmented
+        )
+        total = (
+            int(cat.shard_rows.sum())
+            if self.max_examples_unaugmented is None
+            else min(int(cat.shard_rows.sum()), self.max_examples_unaugmented)
+        )
         dropped = total - quota * participants
         if dropped and me == 0:
-            log.warning("epoch %d: dropping %d of %d positions so that all %d ranks x %d workers yield the same "
-                        "number of examples", epoch, dropped, total, self.world_size, workers)
+            log.warning(
+                "epoch %d: dropping %d of %d positions so that all %d ranks x %d workers yield the same "
+                "number of examples",
+                epoch,
+                dropped,
+                total,
+                self.world_size,
+                workers,
+            )
         rng = np.random.default_rng(np.random.SeedSequence([self.random_seed, epoch, me, participants]))
         capacity = -(-self.pool_size // workers)
         threshold = -(-self.refill_threshold // workers)
         on_activate = self._activated
         # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
-        pool = IndexPool(plans[me], capacity, threshold, self.factor, rng, cat.num_shards,
-                         None if skip else on_activate)
+        pool = IndexPool(
+            plans[me], capacity, threshold, self.factor, rng, cat.num_shards, None if skip else on_activate
+        )
         pack_last = _last_segment_per_pack(cat.shard_pack[plans[me].shard], len(cat.packs))
         slot.start_epoch(epoch, dropped if me == 0 else 0)
         step = self.batch_size or self.chunk_size
         t0 = time.perf_counter()
         self._refill(pool, pack_last, guard, slot)
-        log.info("epoch %d: pool of %d entries built in %.2fs (participant %d of %d)",
-                 epoch, pool.size, time.perf_counter() - t0, me, participants)
+        log.info(
+            "epoch %d: pool of %d entries built in %.2fs (participant %d of %d)",
+            epoch,
+            pool.size,
+            time.perf_counter() - t0,
+            me,
+            participants,
+        )
         items = 0
         while True:
             packed = pool.draw(step)
             while len(packed) < step and pool.data_left:  # the pool held less than a batch: refill, complete it
                 self._refill(pool, pack_last, guard, slot)
                 packed = np.concatenate([packed, pool.draw(step - len(packed))])
-            if pool.on_activate is None and on_activate is not None and \
-                    items + (1 if self.batch_size is not None else len(packed)) > skip:
+            if (
+                pool.on_activate is None
+                and on_activate is not None
+                and items + (1 if self.batch_size is not None else len(packed)) > skip
+            ):
                 _read_ahead_pooled(pool, on_activate)
             if pool.size < pool.threshold and pool.data_left:
                 self._refill(pool, pack_last, guard, slot, force_check=items >= skip)
@@ -300,8 +326,9 @@ class StreamingMixedShardDataset(IterableDataset):
             return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fields.items()}
         return _as_tensors(fields)
 
-    def _refill(self, pool: IndexPool, pack_last: np.ndarray, guard: MemoryGuard, slot: Any,
-                force_check: bool = True) -> None:
+    def _refill(
+        self, pool: IndexPool, pack_last: np.ndarray, guard: MemoryGuard, slot: Any, force_check: bool = True
+    ) -> None:
         """Top the pool up; ``force_check=False`` (a fast-forward) checks memory only at the guard's interval."""
         t0 = time.perf_counter()
         added = pool.fill()
@@ -314,9 +341,16 @@ class StreamingMixedShardDataset(IterableDataset):
         slot.set_peak(guard.peak)
         if log.isEnabledFor(logging.INFO):
             shares = slot.shares(self.catalog.weights)
-            log.info("refill: +%d entries in %.3fs, pool %d/%d, shards activated %d, memory %.2f GB, shares %s",
-                     added, time.perf_counter() - t0, pool.size, pool.capacity, pool.activated_shards,
-                     used / GB, shares)
+            log.info(
+                "refill: +%d entries in %.3fs, pool %d/%d, shards activated %d, memory %.2f GB, shares %s",
+                added,
+                time.perf_counter() - t0,
+                pool.size,
+                pool.capacity,
+                pool.activated_shards,
+                used / GB,
+                shares,
+            )
 
     def _activated(self, shard: int, lo: int, hi: int) -> None:
         """Rows ``lo..hi-1`` of a shard entered the pool: read them ahead (cold page cache) and log it."""
@@ -325,9 +359,11 @@ class StreamingMixedShardDataset(IterableDataset):
         log.info("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
 
     def _context(self, pool: IndexPool) -> str:
-        return (f"pool: {pool.size} entries of {pool.capacity} ({pool.capacity * ENTRY_BYTES / GB:.3f} GB); "
-                f"shards active {pool.activated_shards}; packs mapped {self.store.open_packs} "
-                f"({self.store.mapped_bytes / GB:.2f} GB of address space)")
+        return (
+            f"pool: {pool.size} entries of {pool.capacity} ({pool.capacity * ENTRY_BYTES / GB:.3f} GB); "
+            f"shards active {pool.activated_shards}; packs mapped {self.store.open_packs} "
+            f"({self.store.mapped_bytes / GB:.2f} GB of address space)"
+        )
 
     # ----- configuration -----
 
@@ -336,7 +372,8 @@ class StreamingMixedShardDataset(IterableDataset):
         return {
             "data_dirs": self.data_dirs,
             # Plain lists and ints, so that a state compares equal after a JSON round trip.
-            "shard_ranges": self.shard_ranges if self.shard_ranges is None or isinstance(self.shard_ranges, str)
+            "shard_ranges": self.shard_ranges
+            if self.shard_ranges is None or isinstance(self.shard_ranges, str)
             else [str(r) for r in self.shard_ranges],
             "weights": self.weights if isinstance(self.weights, str) else [float(w) for w in self.weights],
             "random_seed": self.random_seed,
@@ -346,7 +383,8 @@ class StreamingMixedShardDataset(IterableDataset):
             "chunk_size": int(self.chunk_size),
             "drop_last": self.drop_last,
             "factor": self.factor,
-            "max_examples_unaugmented": None if self.max_examples_unaugmented is None
+            "max_examples_unaugmented": None
+            if self.max_examples_unaugmented is None
             else int(self.max_examples_unaugmented),
             "world_size": self.world_size,
             "rank": self.rank,
@@ -382,9 +420,14 @@ class StreamingMixedShardDataset(IterableDataset):
                 new = set(fresh.shard_number[fresh.shard_dir == d].tolist())
                 new -= set(self.catalog.shard_number[self.catalog.shard_dir == d].tolist())
                 if new:
-                    log.info("%s: %d new shards (%s) join from epoch %d; weights now %s", fresh.dirs[d], len(new),
-                             ",".join(map(str, sorted(new)[:10])), self.epoch if epoch is None else epoch,
-                             np.round(fresh.weights, 4).tolist())
+                    log.info(
+                        "%s: %d new shards (%s) join from epoch %d; weights now %s",
+                        fresh.dirs[d],
+                        len(new),
+                        ",".join(map(str, sorted(new)[:10])),
+                        self.epoch if epoch is None else epoch,
+                        np.round(fresh.weights, 4).tolist(),
+                    )
             self._use_catalog(fresh)
 
     def _use_catalog(self, catalog: Catalog) -> None:
@@ -395,8 +438,13 @@ class StreamingMixedShardDataset(IterableDataset):
 
 def _position(epoch: int, start: int, items: int, info: Any) -> dict[str, int]:
     """Where an iterator is (the PROGRESS_KEYS of a state); ``info`` is the DataLoader worker info or None."""
-    return {"epoch": epoch, "start": start, "items": items, "worker": info.id if info is not None else 0,
-            "num_workers": info.num_workers if info is not None else 0}
+    return {
+        "epoch": epoch,
+        "start": start,
+        "items": items,
+        "worker": info.id if info is not None else 0,
+        "num_workers": info.num_workers if info is not None else 0,
+    }
 
 
 def _last_numbers(catalog: Catalog) -> list[int]:

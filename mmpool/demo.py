@@ -71,20 +71,22 @@ class DemoSummary:
         names = [Path(d).name for d in self.dirs]
         shares = ", ".join(f"{n} {s:.1%} (target {t:.1%})" for n, s, t in zip(names, self.shares, self.targets))
         data = "reused converted data" if self.reused else "made and converted the data"
-        return "\n".join([
-            f"demo: {data} in {self.data_seconds:.1f} s; trained on {self.examples:,} examples in {self.batches:,} "
-            f"batches in {self.train_seconds:.1f} s ({self.examples / max(self.train_seconds, 1e-9):,.0f} "
-            "examples/s)",
-            f"  time to the first batch:     {self.first_batch_seconds:.2f} s (workers started, pools built)",
-            f"  per-directory share:         {shares}",
-            f"  distinct shards per batch:   {self.distinct_mixed:.1f} mixed, vs {self.distinct_sequential:.2f} "
-            "when shards are read one after another",
-            f"  peak memory:                 {self.peak_memory_bytes / 2**30:.2f} GB anonymous (main process + "
-            f"workers, as the {self.max_memory_gb:g} GB cap counts it)",
-            f"  loss (policy + value):       {self.loss_start:.2f} -> {self.loss_end:.2f} "
-            "(mean of the first and of the last 10% of batches)",
-            f"  picture:                     {self.png}",
-        ])
+        return "\n".join(
+            [
+                f"demo: {data} in {self.data_seconds:.1f} s; trained on {self.examples:,} examples in {self.batches:,} "
+                f"batches in {self.train_seconds:.1f} s ({self.examples / max(self.train_seconds, 1e-9):,.0f} "
+                "examples/s)",
+                f"  time to the first batch:     {self.first_batch_seconds:.2f} s (workers started, pools built)",
+                f"  per-directory share:         {shares}",
+                f"  distinct shards per batch:   {self.distinct_mixed:.1f} mixed, vs {self.distinct_sequential:.2f} "
+                "when shards are read one after another",
+                f"  peak memory:                 {self.peak_memory_bytes / 2**30:.2f} GB anonymous (main process + "
+                f"workers, as the {self.max_memory_gb:g} GB cap counts it)",
+                f"  loss (policy + value):       {self.loss_start:.2f} -> {self.loss_end:.2f} "
+                "(mean of the first and of the last 10% of batches)",
+                f"  picture:                     {self.png}",
+            ]
+        )
 
 
 def demo_root(path: Path, fresh: bool = False) -> Path:
@@ -102,8 +104,16 @@ def demo_root(path: Path, fresh: bool = False) -> Path:
     return path
 
 
-def run_demo(root: Path, scale: str = "small", fresh: bool = False, augment: bool = False, workers: int = 2,
-             seed: int = 0, max_memory_gb: float = 5.0, progress: bool = True) -> DemoSummary:
+def run_demo(
+    root: Path,
+    scale: str = "small",
+    fresh: bool = False,
+    augment: bool = False,
+    workers: int = 2,
+    seed: int = 0,
+    max_memory_gb: float = 5.0,
+    progress: bool = True,
+) -> DemoSummary:
     """Make or reuse the data under ``root`` (see ``demo_root``), train, write the PNG; returns the summary."""
     if scale not in SCALES:
         raise ConfigError(f"scale {scale!r}: use one of {', '.join(SCALES)}")
@@ -116,7 +126,11 @@ def run_demo(root: Path, scale: str = "small", fresh: bool = False, augment: boo
     png = root / PNG_NAME
     _picture(png, run, [d.name for d in dirs])
     return DemoSummary(
-        dirs=[str(d) for d in dirs], reused=reused, data_seconds=data_seconds, png=png, max_memory_gb=max_memory_gb,
+        dirs=[str(d) for d in dirs],
+        reused=reused,
+        data_seconds=data_seconds,
+        png=png,
+        max_memory_gb=max_memory_gb,
         **{k: v for k, v in run.items() if k in DemoSummary.__dataclass_fields__},
     )
 
@@ -177,12 +191,17 @@ def _label(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     planes = arrays["planes"]
     n, c = planes.shape[:2]
     score = np.tensordot(planes, 1 << np.arange(c), axes=([1], [0])).reshape(n, -1)
-    material = (planes[:, : (c + 1) // 2].sum(axis=(1, 2, 3), dtype=np.int64)
-                - planes[:, (c + 1) // 2:].sum(axis=(1, 2, 3), dtype=np.int64)) / 4.0
+    material = (
+        planes[:, : (c + 1) // 2].sum(axis=(1, 2, 3), dtype=np.int64)
+        - planes[:, (c + 1) // 2 :].sum(axis=(1, 2, 3), dtype=np.int64)
+    ) / 4.0
     logits = np.stack([material, np.zeros(n), -material], axis=1)
     wdl = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return {**arrays, "move": score.argmax(axis=1).astype(np.int16),
-            "wdl": (wdl / wdl.sum(axis=1, keepdims=True)).astype(np.float32)}
+    return {
+        **arrays,
+        "move": score.argmax(axis=1).astype(np.int16),
+        "wdl": (wdl / wdl.sum(axis=1, keepdims=True)).astype(np.float32),
+    }
 
 
 # --------------------------------------------------------------------------- training
@@ -210,8 +229,9 @@ def _model(channels: int):
     return TinyNet()
 
 
-def _train(dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, max_memory_gb: float,
-           progress: bool) -> dict:
+def _train(
+    dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, max_memory_gb: float, progress: bool
+) -> dict:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -227,8 +247,14 @@ def _train(dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, 
     # shards, so the run stays as long and the mix stays exact, with a pool spanning as many positions.
     ranges = [f"0-{-(-n // factor) - 1}" for n in sc.shards]
     ds = StreamingMixedShardDataset(
-        dirs, ranges, pool_size=sc.pool_size * factor, batch_size=sc.batch_size, random_seed=seed, weights="records",
-        augmentation=aug, max_memory_gb=max_memory_gb,
+        dirs,
+        ranges,
+        pool_size=sc.pool_size * factor,
+        batch_size=sc.batch_size,
+        random_seed=seed,
+        weights="records",
+        augmentation=aug,
+        max_memory_gb=max_memory_gb,
     )
     cat = ds.catalog
     first_global = np.concatenate([[0], np.cumsum(cat.shards_per_dir())])  # selected shards are 0..n-1 per dir
@@ -245,16 +271,19 @@ def _train(dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, 
     peak, next_look, first = 0, 0.0, None
     t0 = time.perf_counter()
     try:
-        with tqdm(total=expected, desc="demo: train", unit="ex", unit_scale=True, disable=not progress,
-                  mininterval=0.5) as bar:
+        with tqdm(
+            total=expected, desc="demo: train", unit="ex", unit_scale=True, disable=not progress, mininterval=0.5
+        ) as bar:
             for batch in loader:
                 if first is None:
                     first = time.perf_counter() - t0
                 ids = batch["id"].numpy()
                 shard_ids.append((first_global[ids >> 40] + ((ids >> 20) & 0xFFFFF)).astype(np.int32))
                 policy, value = model(batch["planes"].float())
-                loss = F.cross_entropy(policy, batch["move"].long()) \
+                loss = (
+                    F.cross_entropy(policy, batch["move"].long())
                     - (batch["wdl"] * F.log_softmax(value, dim=1)).sum(dim=1).mean()
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -265,8 +294,10 @@ def _train(dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, 
                     used = sum(p.anon for p in measure())
                     peak = max(peak, used)
                     pool = ds.stats().pool_entries
-                    bar.set_postfix_str(f"pool {pool / ds.pool_size:.0%} of {ds.pool_size:,}, "
-                                        f"mem {used / 2**30:.2f} GB, loss {np.mean(losses[-20:]):.2f}")
+                    bar.set_postfix_str(
+                        f"pool {pool / ds.pool_size:.0%} of {ds.pool_size:,}, "
+                        f"mem {used / 2**30:.2f} GB, loss {np.mean(losses[-20:]):.2f}"
+                    )
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
@@ -279,13 +310,21 @@ def _train(dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, 
     sequential = np.resize(sequential, len(mixed))
     tenth = max(1, len(losses) // 10)
     return {
-        "train_seconds": seconds, "first_batch_seconds": first, "examples": int(len(mixed)), "batches": len(losses),
-        "shares": [float(x) for x in stats.shares], "targets": [float(x) for x in cat.weights],
+        "train_seconds": seconds,
+        "first_batch_seconds": first,
+        "examples": int(len(mixed)),
+        "batches": len(losses),
+        "shares": [float(x) for x in stats.shares],
+        "targets": [float(x) for x in cat.weights],
         "distinct_mixed": float(np.mean([len(np.unique(b)) for b in shard_ids])),
         "distinct_sequential": _distinct_per_batch(sequential, sc.batch_size),
         "peak_memory_bytes": max(peak, stats.peak_memory_bytes),
-        "loss_start": float(np.mean(losses[:tenth])), "loss_end": float(np.mean(losses[-tenth:])),
-        "mixed": mixed, "sequential": sequential, "shard_dir": cat.shard_dir, "batch_size": sc.batch_size,
+        "loss_start": float(np.mean(losses[:tenth])),
+        "loss_end": float(np.mean(losses[-tenth:])),
+        "mixed": mixed,
+        "sequential": sequential,
+        "shard_dir": cat.shard_dir,
+        "batch_size": sc.batch_size,
         "weights": cat.weights,
     }
 
@@ -293,7 +332,7 @@ def _train(dirs: list[Path], sc: Scale, augment: bool, workers: int, seed: int, 
 def _distinct_per_batch(stream: np.ndarray, batch: int) -> float:
     """Mean number of distinct shards in consecutive batches of ``stream``."""
     n = -(-len(stream) // batch)
-    return float(np.mean([len(np.unique(stream[i * batch:(i + 1) * batch])) for i in range(n)]))
+    return float(np.mean([len(np.unique(stream[i * batch : (i + 1) * batch])) for i in range(n)]))
 
 
 # --------------------------------------------------------------------------- picture
@@ -310,8 +349,9 @@ def _picture(path: Path, run: dict, names: list[str]) -> None:
     colors = [f"C{d}" for d in range(len(names))]
     n = len(run["mixed"])
     window = max(run["batch_size"], n // 60)
-    for col, (key, title) in enumerate((("sequential", "old order: shards read one after another"),
-                                        ("mixed", "mmpool: mixed stream"))):
+    for col, (key, title) in enumerate(
+        (("sequential", "old order: shards read one after another"), ("mixed", "mmpool: mixed stream"))
+    ):
         stream = run[key]
         distinct = run[f"distinct_{key}"]
         ax = axes[0, col]
@@ -325,8 +365,9 @@ def _picture(path: Path, run: dict, names: list[str]) -> None:
         ax.legend(loc="upper left", markerscale=6, fontsize="small")
         ax = axes[1, col]
         starts = np.arange(0, n - window + 1, window)
-        share = np.stack([np.bincount(shard_dir[stream[s:s + window]], minlength=len(names)) / window
-                          for s in starts])
+        share = np.stack(
+            [np.bincount(shard_dir[stream[s : s + window]], minlength=len(names)) / window for s in starts]
+        )
         for d, name in enumerate(names):
             ax.plot(starts + window / 2, share[:, d], color=colors[d], label=name)
             ax.axhline(weights[d], color=colors[d], linestyle=":", linewidth=1)

@@ -155,7 +155,7 @@ class Manifest:
     def from_json(cls, doc: dict[str, Any], where: Path) -> Manifest:
         """Parse and sanity-check a manifest document; ``where`` names the file in errors."""
         if doc.get("format") != FORMAT_NAME:
-            raise ShardError(f"{where}: not an mmpool manifest (no \"format\": \"mmpool\")")
+            raise ShardError(f'{where}: not an mmpool manifest (no "format": "mmpool")')
         if doc.get("version") != FORMAT_VERSION:
             raise ShardError(
                 f"{where}: manifest version {doc.get('version')!r}, this mmpool reads version {FORMAT_VERSION}; "

@@ -102,9 +102,7 @@ def list_shards(src: Path) -> list[tuple[int, Path]]:
             )
         found[number] = path
     if not found:
-        raise ConfigError(
-            f"no shard files in {str(src)!r}; accepted suffixes are {', '.join(SHARD_SUFFIXES)}"
-        )
+        raise ConfigError(f"no shard files in {str(src)!r}; accepted suffixes are {', '.join(SHARD_SUFFIXES)}")
     return sorted(found.items())
 
 
@@ -203,9 +201,7 @@ def _npy_shapes(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     expected = offset + int(np.prod(shape)) * dtype.itemsize
     actual = path.stat().st_size
     if actual < expected:
-        raise ShardError(
-            f"shard {str(path)!r} is truncated: {actual} bytes, its header needs {expected}"
-        )
+        raise ShardError(f"shard {str(path)!r} is truncated: {actual} bytes, its header needs {expected}")
     return fields
 
 
@@ -218,9 +214,7 @@ def _torch_load(path: Path) -> Any:
     # numpy arrays pickle through _reconstruct, ndarray, dtype and the dtype classes; these
     # only build arrays, so allowing them keeps weights_only safe (no arbitrary objects).
     reconstruct = np._core.multiarray._reconstruct
-    dtype_classes = [
-        c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)
-    ]
+    dtype_classes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
     allowed = [
         np.ndarray,
         np.dtype,
@@ -243,9 +237,7 @@ def _pt_arrays(path: Path) -> dict[str, np.ndarray]:
     except Exception as exc:  # unpickling untrusted bytes can fail in many ways; all mean corrupt
         raise ShardError(f"cannot read shard {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, dict):
-        raise ShardError(
-            f"shard {str(path)!r} holds a {type(obj).__name__}, not a dict of name -> tensor/array"
-        )
+        raise ShardError(f"shard {str(path)!r} holds a {type(obj).__name__}, not a dict of name -> tensor/array")
     out: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(name, str):
@@ -262,8 +254,7 @@ def _pt_arrays(path: Path) -> dict[str, np.ndarray]:
             out[name] = value
         else:
             raise ShardError(
-                f"shard {str(path)!r}: field {name!r} is a {type(value).__name__}, not a tensor "
-                f"or numpy array"
+                f"shard {str(path)!r}: field {name!r} is a {type(value).__name__}, not a tensor or numpy array"
             )
     return out
 
@@ -278,9 +269,7 @@ def _npz_shapes(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
             if member.is_dir():
                 continue
             if not member.filename.endswith(".npy"):
-                raise ShardError(
-                    f"shard {str(path)!r}: member {member.filename!r} is not a .npy array"
-                )
+                raise ShardError(f"shard {str(path)!r}: member {member.filename!r} is not a .npy array")
             with zf.open(member) as fp:
                 shape, dtype = _header(fp)
             shapes[member.filename[: -len(".npy")]] = (dtype, shape)
@@ -391,8 +380,7 @@ def check_finite(arrays: dict[str, np.ndarray], path: Path) -> None:
             values = np.asarray(arr[row]).ravel()
             bad = values[~np.isfinite(values)][0]
             raise ShardError(
-                f"shard {str(path)!r}: field {name!r} row {row} holds a non-finite value "
-                f"({bad}); fix or drop that row"
+                f"shard {str(path)!r}: field {name!r} row {row} holds a non-finite value ({bad}); fix or drop that row"
             )
 
 

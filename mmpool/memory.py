@@ -120,7 +120,9 @@ def report(cap: int, procs: list[ProcessMemory], context: str) -> str:
         f"memory cap exceeded: {total / GB:.2f} GB of anonymous memory counted against max_memory_gb={cap / GB:.2f}",
         "  process      pid      anonymous (counted)   file-backed (page cache, not counted)",
     ]
-    lines += [f"  {p.role:<12} {p.pid:<8} {p.anon / GB:>8.3f} GB           {p.file_backed / GB:>8.3f} GB" for p in procs]
+    lines += [
+        f"  {p.role:<12} {p.pid:<8} {p.anon / GB:>8.3f} GB           {p.file_backed / GB:>8.3f} GB" for p in procs
+    ]
     if context:
         lines.append("  " + context)
     lines.append(

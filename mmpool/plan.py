@@ -92,16 +92,20 @@ class Plan:
     @property
     def expected_bytes(self) -> int:
         """Anonymous memory the cap will count: baseline, workers, batch buffers and the pool."""
-        return (self.baseline_bytes + self.workers * self.worker_bytes + self.gatherers * self.batch_bytes
-                + self.pool_bytes)
+        return (
+            self.baseline_bytes + self.workers * self.worker_bytes + self.gatherers * self.batch_bytes + self.pool_bytes
+        )
 
     @property
     def fits(self) -> bool:
         return self.pool_size <= self.max_pool_size
 
     def __str__(self) -> str:
-        who = "the training process" if not self.workers else \
-            f"the training process and its {self.workers} DataLoader worker{'s' * (self.workers > 1)}"
+        who = (
+            "the training process"
+            if not self.workers
+            else f"the training process and its {self.workers} DataLoader worker{'s' * (self.workers > 1)}"
+        )
         ranks = f" per rank (world size {self.world_size})" if self.world_size > 1 else ""
         sym = f", {self.factor} symmetries" if self.factor > 1 else ""
         lines = [
@@ -109,10 +113,20 @@ class Plan:
             f"of {self.itemsize} B in {self.shards:,} shards, {self.packs:,} packs{sym}",
             f"memory cap {self.max_memory_bytes / GB:.2f} GB, anonymous memory of {who}{ranks}:",
             f"  baseline  {_size(self.baseline_bytes)}      ("
-            + ("given" if self.baseline_given else "this process, with torch imported") + ")",
-            *([f"  workers   {_size(self.worker_bytes)} x {self.workers}  (what each worker writes of its own"
-               + ("; without Pss_Anon, rss - shared counts the parent's pages again)"
-                  if self.worker_bytes > WORKER_BYTES else ")")] if self.workers else []),
+            + ("given" if self.baseline_given else "this process, with torch imported")
+            + ")",
+            *(
+                [
+                    f"  workers   {_size(self.worker_bytes)} x {self.workers}  (what each worker writes of its own"
+                    + (
+                        "; without Pss_Anon, rss - shared counts the parent's pages again)"
+                        if self.worker_bytes > WORKER_BYTES
+                        else ")"
+                    )
+                ]
+                if self.workers
+                else []
+            ),
             f"  batches   {_size(self.batch_bytes)} x {self.gatherers}  ({BATCH_BUFFERS} x batch "
             f"{self.batch_size:,} x {self.itemsize} B per gathering process)",
             f"  pool      {_size(self.pool_bytes)}      ({self.pool_entries:,} entries x {ENTRY_BYTES} B; "
@@ -120,27 +134,36 @@ class Plan:
             f"  total     {_size(self.expected_bytes)}      of {self.max_memory_bytes / GB:.2f} GB",
         ]
         if self.fits:
-            lines.append(f"pool_size={self.pool_size:,} fits; the largest pool that fits is {self.max_pool_size:,} "
-                         "entries")
+            lines.append(
+                f"pool_size={self.pool_size:,} fits; the largest pool that fits is {self.max_pool_size:,} entries"
+            )
         else:
-            lines.append(f"pool_size={self.pool_size:,} does NOT fit: the largest pool that fits is "
-                         f"{self.max_pool_size:,} entries; lower pool_size or raise --max-memory-gb")
+            lines.append(
+                f"pool_size={self.pool_size:,} does NOT fit: the largest pool that fits is "
+                f"{self.max_pool_size:,} entries; lower pool_size or raise --max-memory-gb"
+            )
         if self.pool_entries < self.pool_size:
-            lines.append(f"  (the pool holds the whole epoch: {self.pool_entries:,} entries; a larger pool adds "
-                         "nothing)")
+            lines.append(
+                f"  (the pool holds the whole epoch: {self.pool_entries:,} entries; a larger pool adds nothing)"
+            )
         lines.append(
             f"pool window (one participant, at its widest): {self.window_shards:,} shards in {self.window_packs:,} "
             f"packs; {_size(self.window_mapped_bytes).strip()} mapped per process (file-backed, not counted); "
-            f"page-cache working set {_size(self.window_shard_bytes).strip()} (the records of those shards)")
+            f"page-cache working set {_size(self.window_shard_bytes).strip()} (the records of those shards)"
+        )
         if self.window_packs > self.max_open_packs:
-            lines.append(f"  warning: the window spans {self.window_packs} packs but max_open_packs="
-                         f"{self.max_open_packs}: packs will be unmapped and mapped again; raise max_open_packs")
+            lines.append(
+                f"  warning: the window spans {self.window_packs} packs but max_open_packs="
+                f"{self.max_open_packs}: packs will be unmapped and mapped again; raise max_open_packs"
+            )
         if self.refills_replayed < self.refills_total:
             lines.append(f"  (window from the first {self.refills_replayed:,} of {self.refills_total:,} refills)")
         workers = f"each of {self.gatherers} workers builds its part in parallel, " if self.workers > 1 else ""
         took = f"{self.build_seconds * 1000:.0f} ms" if self.build_seconds < 1 else f"{self.build_seconds:.1f} s"
-        lines.append(f"build: about {took} for the first fill ({workers}calibrated at "
-                     f"{self.fill_ns_per_entry:.1f} ns per entry on this machine)")
+        lines.append(
+            f"build: about {took} for the first fill ({workers}calibrated at "
+            f"{self.fill_ns_per_entry:.1f} ns per entry on this machine)"
+        )
         return "\n".join(lines)
 
 
@@ -167,8 +190,13 @@ def plan(
     """
     if not (isinstance(max_memory_gb, (int, float)) and math.isfinite(max_memory_gb) and max_memory_gb > 0):
         raise ConfigError(f"max_memory_gb={max_memory_gb!r}: must be a positive number of GB")
-    for name, value, low in (("workers", workers, 0), ("batch_size", batch_size, 1), ("factor", factor, 1),
-                             ("world_size", world_size, 1), ("max_open_packs", max_open_packs, 1)):
+    for name, value, low in (
+        ("workers", workers, 0),
+        ("batch_size", batch_size, 1),
+        ("factor", factor, 1),
+        ("world_size", world_size, 1),
+        ("max_open_packs", max_open_packs, 1),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
     if pool_size is not None and (not isinstance(pool_size, (int, np.integer)) or pool_size < 2):
@@ -197,13 +225,28 @@ def plan(
     fill_ns = _calibrate()
     build = _fill_seconds(capacity[0], fill_ns) * -(-parts // max(1, os.cpu_count() or 1))
     return Plan(
-        dirs=[str(d) for d in cat.dirs], records=int(cat.shard_rows.sum()), shards=cat.num_shards,
-        packs=len(cat.packs), itemsize=cat.schema.itemsize, factor=int(factor), world_size=int(world_size),
-        workers=int(workers), batch_size=int(batch_size), max_memory_bytes=cap, baseline_bytes=baseline,
-        baseline_given=baseline_gb is not None, worker_bytes=worker_bytes,
-        batch_bytes=batch_bytes, max_pool_size=int(max_pool), pool_size=pool_size, pool_entries=int(sum(capacity)),
-        refill_threshold=int(refill_threshold), max_open_packs=int(max_open_packs), build_seconds=build,
-        fill_ns_per_entry=fill_ns[0], **window,
+        dirs=[str(d) for d in cat.dirs],
+        records=int(cat.shard_rows.sum()),
+        shards=cat.num_shards,
+        packs=len(cat.packs),
+        itemsize=cat.schema.itemsize,
+        factor=int(factor),
+        world_size=int(world_size),
+        workers=int(workers),
+        batch_size=int(batch_size),
+        max_memory_bytes=cap,
+        baseline_bytes=baseline,
+        baseline_given=baseline_gb is not None,
+        worker_bytes=worker_bytes,
+        batch_bytes=batch_bytes,
+        max_pool_size=int(max_pool),
+        pool_size=pool_size,
+        pool_entries=int(sum(capacity)),
+        refill_threshold=int(refill_threshold),
+        max_open_packs=int(max_open_packs),
+        build_seconds=build,
+        fill_ns_per_entry=fill_ns[0],
+        **window,
     )
 
 
@@ -230,12 +273,15 @@ def _pss_counted() -> bool:
 
 def pack_map_bytes(cat: Catalog) -> np.ndarray:
     """Bytes the store maps for each pack of the catalog (the records, from the allocation boundary before them)."""
-    return np.array([p.entry.data_offset % mmap.ALLOCATIONGRANULARITY + p.entry.rows * cat.schema.itemsize
-                     for p in cat.packs], dtype=np.int64)
+    return np.array(
+        [p.entry.data_offset % mmap.ALLOCATIONGRANULARITY + p.entry.rows * cat.schema.itemsize for p in cat.packs],
+        dtype=np.int64,
+    )
 
 
-def _window(cat: Catalog, segs: Segments, capacity: int, threshold: int, factor: int, step: int,
-            max_open_packs: int, seed: int) -> dict[str, int]:
+def _window(
+    cat: Catalog, segs: Segments, capacity: int, threshold: int, factor: int, step: int, max_open_packs: int, seed: int
+) -> dict[str, int]:
     """Replay one participant's pool with per-shard counts; the window right after the refill where it is widest.
 
     Mirrors ``IndexPool`` and ``StreamingMixedShardDataset._epoch``: fill to capacity in activation order; draw
@@ -281,11 +327,15 @@ def _window(cat: Catalog, segs: Segments, capacity: int, threshold: int, factor:
         live = live[counts[live] > 0]
         # More packs than the store keeps open: it holds max_open_packs of them (here the largest) at a time.
         mapped_bytes = int(np.sort(map_bytes[mapped])[::-1][:max_open_packs].sum())
-        if mapped_bytes > best["window_mapped_bytes"] or (mapped_bytes == best["window_mapped_bytes"]
-                                                           and len(live) > best["window_shards"]):
-            best = {"window_shards": len(live), "window_packs": int(mapped.sum()),
-                    "window_mapped_bytes": mapped_bytes,
-                    "window_shard_bytes": int(cat.shard_rows[live].sum()) * cat.schema.itemsize}
+        if mapped_bytes > best["window_mapped_bytes"] or (
+            mapped_bytes == best["window_mapped_bytes"] and len(live) > best["window_shards"]
+        ):
+            best = {
+                "window_shards": len(live),
+                "window_packs": int(mapped.sum()),
+                "window_mapped_bytes": mapped_bytes,
+                "window_shard_bytes": int(cat.shard_rows[live].sum()) * cat.schema.itemsize,
+            }
         if seg >= len(shard):
             break  # no refill follows: the pool only drains from here
         n = min(size, ((size - threshold) // step + 1) * step) if size >= threshold else min(size, step)

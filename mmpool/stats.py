@@ -35,11 +35,15 @@ class Stats:
         return [c / self.examples if self.examples else 0.0 for c in self.per_dir]
 
     def __str__(self) -> str:
-        dirs = ", ".join(f"dir{i} {c} ({s:.1%} vs target {t / max(1, self.examples):.1%})"
-                         for i, (c, s, t) in enumerate(zip(self.per_dir, self.shares, self.targets)))
-        return (f"epoch {self.epoch}: {self.examples} examples [{dirs}]; shards activated {self.shards_activated}, "
-                f"exhausted {self.shards_exhausted}; refills {self.refills}; dropped {self.dropped}; "
-                f"peak memory {self.peak_memory_bytes / 2**30:.2f} GB; pool {self.pool_entries} entries")
+        dirs = ", ".join(
+            f"dir{i} {c} ({s:.1%} vs target {t / max(1, self.examples):.1%})"
+            for i, (c, s, t) in enumerate(zip(self.per_dir, self.shares, self.targets))
+        )
+        return (
+            f"epoch {self.epoch}: {self.examples} examples [{dirs}]; shards activated {self.shards_activated}, "
+            f"exhausted {self.shards_exhausted}; refills {self.refills}; dropped {self.dropped}; "
+            f"peak memory {self.peak_memory_bytes / 2**30:.2f} GB; pool {self.pool_entries} entries"
+        )
 
 
 class Slot:

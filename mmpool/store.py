@@ -38,8 +38,7 @@ class _Mapped:
         length = self.delta + ref.entry.rows * itemsize
         with open(ref.path, "rb") as f:
             self.mm = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
-        self.rows = np.frombuffer(self.mm, dtype=np.dtype((np.void, itemsize)), count=ref.entry.rows,
-                                  offset=self.delta)
+        self.rows = np.frombuffer(self.mm, dtype=np.dtype((np.void, itemsize)), count=ref.entry.rows, offset=self.delta)
         self.itemsize = itemsize
         self.nbytes = length
 
@@ -139,8 +138,9 @@ class ShardStore:
         rows = np.asarray(rows, dtype=np.int64)
         if (rows.view(np.uint64) >= cat.shard_rows[shards].view(np.uint64)).any():  # a negative row wraps to huge
             bad = np.flatnonzero((rows >= cat.shard_rows[shards]) | (rows < 0))[0]
-            raise ShardError(f"row {rows[bad]} is outside {cat.describe_shard(shards[bad])} "
-                             f"({cat.shard_rows[shards[bad]]} rows)")
+            raise ShardError(
+                f"row {rows[bad]} is outside {cat.describe_shard(shards[bad])} ({cat.shard_rows[shards[bad]]} rows)"
+            )
         packs = cat.shard_pack[shards]
         pack_rows = cat.shard_first_row[shards] + rows
         flat = out.view(self._void)

@@ -66,10 +66,7 @@ def make_positions(n: int, seed: int, id_base: int = 0, channels: int = 4) -> di
 def _rows_of(arrays: dict[str, np.ndarray]) -> int:
     rows = {len(a) for a in arrays.values()}
     if len(rows) != 1:
-        raise ConfigError(
-            f"arrays must share their first dimension, got "
-            f"{ {k: a.shape for k, a in arrays.items()} }"
-        )
+        raise ConfigError(f"arrays must share their first dimension, got { {k: a.shape for k, a in arrays.items()} }")
     return rows.pop()
 
 
@@ -101,9 +98,7 @@ def write_legacy_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 if suffix == ".npz":
                     np.savez(fp, **arrays)
                 elif suffix == ".npy":
-                    dtype = np.dtype(
-                        [(k, a.dtype, a.shape[1:]) for k, a in arrays.items()], align=True
-                    )
+                    dtype = np.dtype([(k, a.dtype, a.shape[1:]) for k, a in arrays.items()], align=True)
                     record = np.empty(rows, dtype=dtype)
                     for name, arr in arrays.items():
                         record[name] = arr
@@ -144,9 +139,7 @@ def make_synthetic(
     else:
         rows = [int(r) for r in rows_per_shard]
         if len(rows) != len(counts):
-            raise ConfigError(
-                f"rows_per_shard has {len(rows)} entries but shards_per_dir has {len(counts)}"
-            )
+            raise ConfigError(f"rows_per_shard has {len(rows)} entries but shards_per_dir has {len(counts)}")
     names = [f"dir{i}" for i in range(len(counts))] if dir_names is None else list(dir_names)
     if len(names) != len(counts) or len(set(names)) != len(names):
         raise ConfigError(f"dir_names must be {len(counts)} distinct names, got {names}")

@@ -101,8 +101,15 @@ class Data:
         return max(self.rows)
 
 
-def build(root: Path, shards: list[int], rows: list[int], pack_shards: int = 2, fmts: list[str] | None = None,
-          channels: int = 4, seed: int = 0) -> Data:
+def build(
+    root: Path,
+    shards: list[int],
+    rows: list[int],
+    pack_shards: int = 2,
+    fmts: list[str] | None = None,
+    channels: int = 4,
+    seed: int = 0,
+) -> Data:
     """make_synthetic + convert each directory with packs of about ``pack_shards`` shards (so several packs)."""
     src = make_synthetic(root / "src", shards, rows, seed=seed, channels=channels)
     itemsize = position_dtype(channels).itemsize

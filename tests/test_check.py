@@ -83,9 +83,7 @@ def test_verify_flipped_byte(tmp_path: Path, fmt: str) -> None:
         f.write(bytes([byte[0] ^ 0x10]))
     problems = verify_dirs([dst], progress=False)
     assert len(problems) == 1
-    assert problems[0].startswith(
-        f"{dst}: shard 3 (shard_00003.npz) in {pack.file} rows 200-399: crc32 "
-    )
+    assert problems[0].startswith(f"{dst}: shard 3 (shard_00003.npz) in {pack.file} rows 200-399: crc32 ")
     assert problems[0].endswith(
         f", the manifest says {shard.crc32:08x}; the pack is corrupt: restore it or convert the shards again"
     )
@@ -158,7 +156,9 @@ def test_verify_chunked_hdf5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         rec["move"] = rec["move"] + 1
         f["records"][10] = rec
     m = read_manifest(dst)
-    write_manifest(dst, replace(m, packs=(m.packs[0], replace(m.packs[1], bytes=(dst / "pack-00001.h5").stat().st_size))))
+    write_manifest(
+        dst, replace(m, packs=(m.packs[0], replace(m.packs[1], bytes=(dst / "pack-00001.h5").stat().st_size)))
+    )
     problems = verify_dirs([dst], progress=False)
     assert len(problems) == 1
     assert problems[0].startswith(f"{dst}: shard 2 (shard_00002.npz) in pack-00001.h5 rows 0-199: crc32 ")

@@ -62,8 +62,19 @@ def test_convert_inspect_verify(src: Path, tmp_path: Path, capsys: pytest.Captur
 def test_convert_options(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dst = tmp_path / "dst"
     code, out, _ = run(
-        ["convert", str(src), str(dst), "--format", "hdf5", "--pack-size", "1", "--workers", "2",
-         "--allow-nonfinite", "--quiet"],
+        [
+            "convert",
+            str(src),
+            str(dst),
+            "--format",
+            "hdf5",
+            "--pack-size",
+            "1",
+            "--workers",
+            "2",
+            "--allow-nonfinite",
+            "--quiet",
+        ],
         capsys,
     )
     m = SUMMARY.fullmatch(out.rstrip("\n"))
@@ -151,7 +162,10 @@ def test_scripts(src: Path, tmp_path: Path) -> None:
     # From another working directory, so the tool finds mmpool through the path it adds itself.
     tool = subprocess.run(
         [sys.executable, str(REPO / "tools" / "convert_shards.py"), str(src), str(dst), "--quiet"],
-        capture_output=True, text=True, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     assert tool.returncode == 0, tool.stderr
     m = SUMMARY.fullmatch(tool.stdout.rstrip("\n"))
@@ -164,7 +178,10 @@ def test_scripts(src: Path, tmp_path: Path) -> None:
 
     bad = subprocess.run(
         [sys.executable, str(REPO / "tools" / "convert_shards.py"), str(tmp_path / "nope"), str(dst)],
-        capture_output=True, text=True, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == f"mmpool: error: shard directory {str(tmp_path / 'nope')!r} does not exist\n"

@@ -125,7 +125,11 @@ def test_uneven_shards_share_packs(tmp_path: Path) -> None:
     assert [p.rows for p in m.packs] == [100, 300, 400, 30]
     assert [p.bytes for p in m.packs] == [NPY_HEADER_BYTES + r * ITEMSIZE for r in (100, 300, 400, 30)]
     assert [(s.number, s.pack, s.first_row, s.rows) for s in m.shards] == [
-        (0, 0, 0, 100), (1, 1, 0, 250), (2, 1, 250, 50), (3, 2, 0, 400), (4, 3, 0, 30)
+        (0, 0, 0, 100),
+        (1, 1, 0, 250),
+        (2, 1, 250, 50),
+        (3, 2, 0, 400),
+        (4, 3, 0, 30),
     ]
     assert_converted(dst, source)
 
@@ -144,7 +148,15 @@ def test_plan_packs_groups_consecutive_shards(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [(4096, 4096), ("4096", 4096), ("1K", 1024), ("512M", 512 << 20), ("2G", 2 << 30), ("1.5g", 3 << 29), ("64MB", 64 << 20)],
+    [
+        (4096, 4096),
+        ("4096", 4096),
+        ("1K", 1024),
+        ("512M", 512 << 20),
+        ("2G", 2 << 30),
+        ("1.5g", 3 << 29),
+        ("64MB", 64 << 20),
+    ],
 )
 def test_parse_size(text: int | str, value: int) -> None:
     assert parse_size(text) == value
@@ -198,7 +210,13 @@ def test_incremental(tmp_path: Path) -> None:
     m = read_manifest(dst)
     assert [p.file for p in m.packs] == [f"pack-0000{k}.npy" for k in range(4)]
     assert [(s.number, s.pack, s.first_row) for s in m.shards] == [
-        (0, 0, 0), (1, 0, 300), (2, 1, 0), (3, 1, 300), (4, 2, 0), (5, 2, 300), (6, 3, 0)
+        (0, 0, 0),
+        (1, 0, 300),
+        (2, 1, 0),
+        (3, 1, 300),
+        (4, 2, 0),
+        (5, 2, 300),
+        (6, 3, 0),
     ]
     assert_converted(dst, synthetic_source(range(7)))
 
@@ -220,7 +238,13 @@ def test_incremental_fills_gaps_in_numbers(tmp_path: Path) -> None:
     summary = convert(src, dst, progress=False)
     assert (summary.shards_converted, summary.shards_skipped) == (2, 3)
     m = read_manifest(dst)
-    assert [(s.number, s.pack, s.first_row) for s in m.shards] == [(0, 0, 0), (1, 1, 0), (2, 0, 50), (3, 1, 50), (4, 0, 100)]
+    assert [(s.number, s.pack, s.first_row) for s in m.shards] == [
+        (0, 0, 0),
+        (1, 1, 0),
+        (2, 0, 50),
+        (3, 1, 50),
+        (4, 0, 100),
+    ]
     assert_converted(dst, synthetic_source(range(5), 50))
 
 

@@ -36,7 +36,9 @@ def test_batches_yield_every_record_once_with_its_source_content(two_dirs: Data)
     assert [len(b["id"]) for b in batches] == [96] * 83 + [8000 - 83 * 96]  # full batches, one partial at the end
     first = batches[0]
     assert {k: (v.dtype, tuple(v.shape[1:])) for k, v in first.items()} == {
-        "planes": (torch.uint8, (4, 8, 8)), "move": (torch.int16, ()), "wdl": (torch.float32, (3,)),
+        "planes": (torch.uint8, (4, 8, 8)),
+        "move": (torch.int16, ()),
+        "wdl": (torch.float32, (3,)),
         "id": (torch.int64, ()),
     }
     got = collect(batches)
@@ -49,7 +51,9 @@ def test_single_examples_yield_every_record_once_with_its_source_content(two_dir
     examples = list(ds)
     assert len(examples) == two_dirs.total
     assert {k: (v.dtype, tuple(v.shape)) for k, v in examples[0].items()} == {
-        "planes": (torch.uint8, (4, 8, 8)), "move": (torch.int16, ()), "wdl": (torch.float32, (3,)),
+        "planes": (torch.uint8, (4, 8, 8)),
+        "move": (torch.int16, ()),
+        "wdl": (torch.float32, (3,)),
         "id": (torch.int64, ()),
     }
     got = stack(examples)
@@ -71,8 +75,14 @@ def test_batches_stay_full_when_a_batch_is_larger_than_what_the_pool_holds(
 ) -> None:
     """A batch larger than the pool, or than the pool above its threshold, is still a full batch: only the
     epoch's last batch may be short (and drop_last drops only that one)."""
-    ds = make(two_dirs, batch_size=512, pool_size=pool_size, refill_threshold=refill_threshold, drop_last=drop_last,
-              max_examples_unaugmented=3000)
+    ds = make(
+        two_dirs,
+        batch_size=512,
+        pool_size=pool_size,
+        refill_threshold=refill_threshold,
+        drop_last=drop_last,
+        max_examples_unaugmented=3000,
+    )
     sizes = [len(b) for b in (b["id"] for b in ds)]
     assert sizes == [512] * 5 + ([] if drop_last else [3000 - 5 * 512])
     ids = ids_of(ds)
@@ -131,7 +141,7 @@ def test_proportions_hold_in_every_window_of_the_stream(fine_dirs: Data, seed: i
     threshold = ds.refill_threshold
     worst = 0.0
     for start in range(0, len(d), window):
-        w = d[start:start + window]
+        w = d[start : start + window]
         for k, p in enumerate(weights):
             dev = abs(int(np.sum(w == k)) - p * len(w))
             bound = window_bound(len(w), p, fine_dirs.max_shard_rows, threshold)
@@ -159,7 +169,7 @@ def test_directories_of_very_different_sizes_finish_together(uneven_dirs: Data, 
     """
     ds = make(uneven_dirs, weights="records", pool_size=2000, random_seed=seed, batch_size=50)
     d = id_dir(ids_of(ds))
-    tail = d[-len(d) // 10:]
+    tail = d[-len(d) // 10 :]
     assert np.bincount(tail, minlength=3).min() > 0, np.bincount(tail, minlength=3)
     assert np.bincount(d).tolist() == uneven_dirs.records_per_dir.tolist()
 
@@ -240,7 +250,7 @@ def test_several_epochs_in_one_iteration(two_dirs: Data) -> None:
     ds = make(two_dirs, random_seed=7, batch_size=100, num_epochs=2)
     ids = ids_of(ds)
     assert len(ids) == 2 * two_dirs.total
-    one, two = ids[:two_dirs.total], ids[two_dirs.total:]
+    one, two = ids[: two_dirs.total], ids[two_dirs.total :]
     assert np.array_equal(np.sort(one), two_dirs.source.ids) and np.array_equal(np.sort(two), two_dirs.source.ids)
     assert not np.array_equal(one, two)
     single = make(two_dirs, random_seed=7, batch_size=100)
@@ -262,8 +272,9 @@ def test_no_seed_draws_a_fresh_one(two_dirs: Data) -> None:
 
 @pytest.mark.parametrize("cap", [1, 777, 3000, 7999])
 @pytest.mark.parametrize("batch_size", [None, 64])
-def test_max_examples_unaugmented_takes_exactly_that_many_positions(two_dirs: Data, cap: int,
-                                                                   batch_size: int | None) -> None:
+def test_max_examples_unaugmented_takes_exactly_that_many_positions(
+    two_dirs: Data, cap: int, batch_size: int | None
+) -> None:
     ds = make(two_dirs, max_examples_unaugmented=cap, batch_size=batch_size)
     got = collect(ds) if batch_size else stack(ds)
     assert len(got["id"]) == len(np.unique(got["id"])) == cap

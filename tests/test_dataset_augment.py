@@ -23,8 +23,9 @@ def group(x: np.ndarray) -> np.ndarray:
     Element j < 4 rotates by j quarter turns; element j >= 4 transposes first, then rotates by j - 4.
     """
     t = np.swapaxes(x, -1, -2)
-    return np.stack([np.rot90(x, j, axes=(-2, -1)) for j in range(4)] + [np.rot90(t, j, axes=(-2, -1))
-                                                                         for j in range(4)])
+    return np.stack(
+        [np.rot90(x, j, axes=(-2, -1)) for j in range(4)] + [np.rot90(t, j, axes=(-2, -1)) for j in range(4)]
+    )
 
 
 def element_of_id(aug: Dihedral) -> dict[int, int]:
@@ -80,7 +81,7 @@ def identify(got: dict[str, np.ndarray], data: Data, factor: int, allowed: set[i
     element = np.full(len(ids), -1)
     order = np.argsort(ids, kind="stable")
     for start in range(0, len(ids), factor):
-        rows = order[start:start + factor]
+        rows = order[start : start + factor]
         assert len(set(ids[rows].tolist())) == 1
         m = match(cands[rows])
         assert m is not None, f"position {ids[rows[0]]}: no assignment of distinct symmetries"
@@ -89,8 +90,9 @@ def identify(got: dict[str, np.ndarray], data: Data, factor: int, allowed: set[i
 
 
 # SQUARE[j, q]: where square q goes under group element j, found by moving a one-hot board.
-SQUARE = np.stack([group(np.eye(64, dtype=np.uint8)[q].reshape(8, 8)).reshape(8, 64).argmax(axis=1)
-                   for q in range(64)], axis=1)
+SQUARE = np.stack(
+    [group(np.eye(64, dtype=np.uint8)[q].reshape(8, 8)).reshape(8, 64).argmax(axis=1) for q in range(64)], axis=1
+)
 
 
 def move_after(element: np.ndarray, move: np.ndarray) -> np.ndarray:
@@ -205,8 +207,14 @@ def test_max_examples_unaugmented_counts_positions_not_examples(two_dirs: Data, 
 
 
 def test_a_pool_smaller_than_the_factor_still_shows_everything(two_dirs: Data) -> None:
-    ds = make(two_dirs, augmentation=Dihedral(square_indices=["move"]), pool_size=4, refill_threshold=1,
-              max_examples_unaugmented=60, batch_size=16)
+    ds = make(
+        two_dirs,
+        augmentation=Dihedral(square_indices=["move"]),
+        pool_size=4,
+        refill_threshold=1,
+        max_examples_unaugmented=60,
+        batch_size=16,
+    )
     got = collect(ds)
     assert len(got["id"]) == 60 * 8
     identify(got, two_dirs, 8, set(range(8)))

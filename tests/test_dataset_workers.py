@@ -71,7 +71,7 @@ def test_proportions_hold_in_every_window_of_every_worker(fine_dirs: Data) -> No
         d = id_dir(collect(mine)["id"])
         assert np.bincount(d).tolist() == (fine_dirs.records_per_dir // WORKERS).tolist()
         for start in range(0, len(d), window):
-            w = d[start:start + window]
+            w = d[start : start + window]
             for k, p in enumerate(weights):
                 bound = 5 * math.sqrt(len(w) * p * (1 - p)) + len(w) * fine_dirs.max_shard_rows / threshold
                 assert abs(np.sum(w == k) - p * len(w)) <= bound, (start, k)

@@ -47,8 +47,10 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert f"  picture:                     {png}\n" in out
     assert "demo: made and converted the data in " in out
     assert "  distinct shards per batch:   " in out and "  loss (policy + value):       " in out
-    assert out.endswith(f"\nthe data stays in {root} and is reused by the next run (--fresh makes it again; "
-                        "delete the directory to reclaim its space)\n")
+    assert out.endswith(
+        f"\nthe data stays in {root} and is reused by the next run (--fresh makes it again; "
+        "delete the directory to reclaim its space)\n"
+    )
     assert_png(png)
     assert (root / DEMO_MARKER).exists() and not (root / "legacy").exists()
     assert [sum(s.rows for s in read_manifest(root / "converted" / n).shards) for n in TINY.names] == TINY_RECORDS

@@ -59,15 +59,33 @@ def run_ranks(out: Path, runs: dict[str, dict]) -> dict[str, Run]:
     out.mkdir(parents=True, exist_ok=True)
     script = out / "rank.py"
     script.write_text(RANK_SCRIPT)
-    cfgs = [{"name": name, "out": str(out), "pool_size": 1000, "drop_last": False, "workers": 0, **cfg}
-            for name, cfg in runs.items()]
+    cfgs = [
+        {"name": name, "out": str(out), "pool_size": 1000, "drop_last": False, "workers": 0, **cfg}
+        for name, cfg in runs.items()
+    ]
     port = free_port()
     procs = []
     for rank in range(WORLD):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                   WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), json.dumps(cfgs)], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(WORLD),
+            LOCAL_RANK=str(rank),
+            PYTHONPATH=str(REPO),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), json.dumps(cfgs)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     errs = []
     try:
         for p in procs:
@@ -103,8 +121,12 @@ def runs(two_dirs: Data, odd_dirs: Data, tmp_path_factory: pytest.TempPathFactor
     """One launch of the two ranks for every case of this module."""
     cases = {"even": {"dirs": [str(d) for d in two_dirs.dirs], "batch_size": 100}}
     for name, (workers, drop_last, _) in ODD_RUNS.items():
-        cases[name] = {"dirs": [str(d) for d in odd_dirs.dirs], "batch_size": 64, "workers": workers,
-                       "drop_last": drop_last}
+        cases[name] = {
+            "dirs": [str(d) for d in odd_dirs.dirs],
+            "batch_size": 64,
+            "workers": workers,
+            "drop_last": drop_last,
+        }
     return run_ranks(tmp_path_factory.mktemp("ranks"), cases)
 
 
@@ -146,8 +168,9 @@ def test_two_ranks_split_every_record_once(two_dirs: Data, runs: dict[str, Run])
 
 
 @pytest.mark.parametrize("name", list(ODD_RUNS))
-def test_an_odd_total_drops_so_every_rank_yields_the_same_batches(odd_dirs: Data, runs: dict[str, Run],
-                                                                  name: str) -> None:
+def test_an_odd_total_drops_so_every_rank_yields_the_same_batches(
+    odd_dirs: Data, runs: dict[str, Run], name: str
+) -> None:
     """903 positions: 2 ranks (x 2 workers) cannot split them evenly, so the drop path runs and is logged."""
     workers, drop_last, batches = ODD_RUNS[name]
     fields, reports, errs = runs[name]
@@ -211,10 +234,25 @@ def test_ranks_agree_on_shards_converted_between_epochs(tmp_path: Path) -> None:
     port = free_port()
     procs = []
     for rank in range(WORLD):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                   WORLD_SIZE=str(WORLD), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(src), str(dst), str(later), str(tmp_path)],
-                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(WORLD),
+            PYTHONPATH=str(REPO),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(src), str(dst), str(later), str(tmp_path)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for rank, p in enumerate(procs):
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, f"rank {rank} failed:\n{err}"

@@ -158,7 +158,7 @@ def test_new_shards_join_at_the_next_epoch(tmp_path: Path, caplog: pytest.LogCap
     again = make(dsts, num_epochs=3)
     again.load_state_dict(state)
     rest = iter(again)
-    assert np.array_equal(ids_of(itertools.islice(rest, -(-PER_EPOCH // 50) - 20)), epoch0[20 * 50:])
+    assert np.array_equal(ids_of(itertools.islice(rest, -(-PER_EPOCH // 50) - 20)), epoch0[20 * 50 :])
     assert np.array_equal(ids_of(itertools.islice(rest, -(-total // 50))), epoch1)
     assert "2 new shards (6,7) join from epoch 1" in caplog.text
 

@@ -54,10 +54,17 @@ print("NO ERROR", flush=True)
 @pytest.fixture(scope="module")
 def children(two_dirs: Data) -> dict[int, tuple[int, str, str]]:
     """Both children (without and with DataLoader workers) run at once: starting torch is most of their time."""
-    procs = {workers: subprocess.Popen([sys.executable, "-c", CHILD, str(workers), *map(str, two_dirs.dirs)],
-                                       cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for workers in (0, 2)}
+    procs = {
+        workers: subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(workers), *map(str, two_dirs.dirs)],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for workers in (0, 2)
+    }
     out = {}
     try:
         for workers, p in procs.items():

@@ -42,8 +42,9 @@ def close(planned: float, measured: float, tolerance: float = 0.2) -> bool:
 
 
 @pytest.mark.parametrize("pool_size, workers, factor", [(100_000, 0, 1), (60_001, 2, 1), (10_000_000, 2, 8)])
-def test_pool_bytes_match_the_pool_the_dataset_builds(dirs: list[Path], pool_size: int, workers: int,
-                                                      factor: int) -> None:
+def test_pool_bytes_match_the_pool_the_dataset_builds(
+    dirs: list[Path], pool_size: int, workers: int, factor: int
+) -> None:
     import torch
 
     p = plan(dirs, 5, pool_size=pool_size, workers=workers, batch_size=256, factor=factor, baseline_gb=0.2)
@@ -87,8 +88,13 @@ print(json.dumps({"growth": after - before, "after": after, "pool_bytes": p.pool
 @pytest.mark.parametrize("workers", [0, 2])
 def test_memory_growth_matches_the_plan(dirs: list[Path], workers: int) -> None:
     """In a fresh process: the anonymous memory the pool adds, and the total the cap then counts."""
-    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, *map(str, dirs), str(workers)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, *map(str, dirs), str(workers)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if workers == 0:
@@ -96,13 +102,20 @@ def test_memory_growth_matches_the_plan(dirs: list[Path], workers: int) -> None:
     assert close(out["expected"], out["after"]), out
 
 
-@pytest.mark.parametrize("pool_size, factor, ranges", [(8_000, 1, None), (30_000, 1, None),
-                                                      (64_000, 8, ["0-13", "0-7"])])
+@pytest.mark.parametrize(
+    "pool_size, factor, ranges", [(8_000, 1, None), (30_000, 1, None), (64_000, 8, ["0-13", "0-7"])]
+)
 def test_mapped_window_matches_the_store(dirs: list[Path], pool_size: int, factor: int, ranges) -> None:
     """The window replayed from the schedule against the store's mapped bytes at its widest over a real epoch."""
     p = plan(dirs, 5, pool_size=pool_size, batch_size=256, factor=factor, shard_ranges=ranges, baseline_gb=0.2)
-    ds = StreamingMixedShardDataset(dirs, ranges, pool_size=pool_size, batch_size=256, random_seed=5,
-                                    augmentation=Dihedral() if factor > 1 else None)
+    ds = StreamingMixedShardDataset(
+        dirs,
+        ranges,
+        pool_size=pool_size,
+        batch_size=256,
+        random_seed=5,
+        augmentation=Dihedral() if factor > 1 else None,
+    )
     widest, packs = 0, 0
     for _ in ds:
         widest = max(widest, ds.store.mapped_bytes)
@@ -131,8 +144,9 @@ def test_build_time_is_the_right_order(dirs: list[Path], caplog: pytest.LogCaptu
     caplog.set_level(logging.INFO, logger="mmpool")
     times = []
     for seed in range(3):
-        ds = StreamingMixedShardDataset(dirs, pool_size=1_920_000, batch_size=256, random_seed=seed,
-                                        augmentation=Dihedral())
+        ds = StreamingMixedShardDataset(
+            dirs, pool_size=1_920_000, batch_size=256, random_seed=seed, augmentation=Dihedral()
+        )
         caplog.clear()
         next(iter(ds))
         line = next(r.getMessage() for r in caplog.records if "built in" in r.getMessage())

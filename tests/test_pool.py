@@ -73,7 +73,7 @@ def test_activation_order_interleaves_equal_shards_exactly() -> None:
     shard_dir, shard_rows = catalog([12, 4], [500, 500])
     order = activation_order(shard_dir, shard_rows, np.array([0.75, 0.25]))
     dirs = shard_dir[order]
-    assert [int(np.sum(dirs[i:i + 4] == 1)) for i in range(0, 16, 4)] == [1, 1, 1, 1]
+    assert [int(np.sum(dirs[i : i + 4] == 1)) for i in range(0, 16, 4)] == [1, 1, 1, 1]
 
 
 def test_small_directory_is_spread_over_the_whole_order() -> None:
@@ -117,7 +117,7 @@ def test_plan_splits_every_shard_into_contiguous_blocks(participants: int, seed:
         assert np.all(np.diff([rank_in_order[int(g)] for g in p.shard]) > 0)
         for g, lo, hi in zip(p.shard, p.lo, p.hi):
             assert 0 <= lo < hi <= shard_rows[g]
-            seen[offsets[g] + lo: offsets[g] + hi] += 1
+            seen[offsets[g] + lo : offsets[g] + hi] += 1
     assert seen.max() == 1 and int(seen.sum()) == quota * participants
     # Block boundaries: participant q's block of a shard comes right after participant q-1's.
     for g in range(len(shard_rows)):
@@ -135,8 +135,11 @@ def test_plan_gives_each_rank_one_contiguous_block_of_every_shard() -> None:
     gaps = 0
     for g in range(len(shard_rows)):
         for r in range(ranks):
-            blocks = sorted((int(p.lo[i]), int(p.hi[i])) for p in plans[r * workers:(r + 1) * workers]
-                            for i in np.flatnonzero(p.shard == g))
+            blocks = sorted(
+                (int(p.lo[i]), int(p.hi[i]))
+                for p in plans[r * workers : (r + 1) * workers]
+                for i in np.flatnonzero(p.shard == g)
+            )
             # Contiguous, but for single rows left out so that every participant has the same total.
             assert all(0 <= b[0] - a[1] <= 1 for a, b in zip(blocks, blocks[1:])), (g, r, blocks)
             gaps += sum(b[0] - a[1] for a, b in zip(blocks, blocks[1:]))
@@ -244,7 +247,7 @@ def test_pool_smaller_than_the_data_only_holds_a_window() -> None:
     pool = IndexPool(segments([1000, 1000]), 100, 75, 1, np.random.default_rng(0), 2)
     pool.fill()
     assert pool.size == 100
-    held = pool.buf[:pool.size]
+    held = pool.buf[: pool.size]
     assert set(shard_of(held).tolist()) == {0} and row_of(held).max() == 99
 
 
@@ -277,7 +280,7 @@ def test_pool_draws_are_uniform_over_its_runs() -> None:
     sizes = np.array([r[1] for r in pool.runs])
     run_of = {}
     for k, (start, length) in enumerate(pool.runs):
-        for v in pool.buf[start:start + length].tolist():
+        for v in pool.buf[start : start + length].tolist():
             run_of[v] = k
     p = sizes / sizes.sum()
     trials = 3000

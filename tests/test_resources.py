@@ -121,7 +121,10 @@ def test_descriptors_stay_under_the_file_limit(many_packs: list[Path]) -> None:
     # last the control, without the bound.
     proc = subprocess.run(
         [sys.executable, "-c", FD_SCRIPT, *map(str, many_packs), "64", json.dumps([[8, 0], [8, 2], [1000, 0]])],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     main, workers, unbounded = (json.loads(line) for line in proc.stdout.strip().splitlines()[-3:])

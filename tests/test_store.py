@@ -29,7 +29,9 @@ def source_of(cat: Catalog, rows_per_dir: list[int]) -> list[dict[str, np.ndarra
     ]
 
 
-def expected_records(source: list[dict[str, np.ndarray]], shards: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+def expected_records(
+    source: list[dict[str, np.ndarray]], shards: np.ndarray, rows: np.ndarray
+) -> dict[str, np.ndarray]:
     return {name: np.stack([source[s][name][r] for s, r in zip(shards, rows)]) for name in FIELDS}
 
 
@@ -64,7 +66,12 @@ def test_gather_exact_across_packs_and_dirs(tmp_path: Path, fmt: str) -> None:
     shards = np.array([7, 0, 7, 3])
     rows = np.array([69, 0, 0, 119])
     ids = store.gather_rows(shards, rows)["id"]
-    assert ids.tolist() == [(1 << 40) | (2 << 20) | 69, (0 << 40) | (1 << 20) | 0, (1 << 40) | (2 << 20), (4 << 20) | 119]
+    assert ids.tolist() == [
+        (1 << 40) | (2 << 20) | 69,
+        (0 << 40) | (1 << 20) | 0,
+        (1 << 40) | (2 << 20),
+        (4 << 20) | 119,
+    ]
     # One pack only (the fast path), and the empty batch.
     assert store.gather_rows(np.array([1, 1]), np.array([5, 4]))["id"].tolist() == [(2 << 20) | 5, (2 << 20) | 4]
     empty = store.gather_rows(np.array([], dtype=np.intp), np.array([], dtype=np.int64))

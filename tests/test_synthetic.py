@@ -144,9 +144,26 @@ def test_make_synthetic_errors(tmp_path: Path) -> None:
 def test_cli(tmp_path: Path) -> None:
     # Run from the repo root without installing, as documented.
     out = subprocess.run(
-        [sys.executable, "tools/make_synthetic.py", str(tmp_path / "r"), "--shards", "2", "1",
-         "--rows", "20", "--format", "npy", "--seed", "1", "--channels", "2"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "tools/make_synthetic.py",
+            str(tmp_path / "r"),
+            "--shards",
+            "2",
+            "1",
+            "--rows",
+            "20",
+            "--format",
+            "npy",
+            "--seed",
+            "1",
+            "--channels",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "dir0" in out.stdout and "dir1" in out.stdout and "total" in out.stdout
     assert "60 rows" in out.stdout

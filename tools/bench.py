@@ -30,8 +30,12 @@ sys.path.insert(0, str(TOOLS))
 import benchdata as bd  # noqa: E402
 
 # name -> script; the first two are ours (rows in benchdata's format), the others are collected as they come.
-SUITE = {"gather": "bench_gather.py", "stream": "bench_stream.py", "resume": "bench_resume.py",
-         "peers": "bench_peers.py"}
+SUITE = {
+    "gather": "bench_gather.py",
+    "stream": "bench_stream.py",
+    "resume": "bench_resume.py",
+    "peers": "bench_peers.py",
+}
 
 
 def suite() -> dict[str, str]:
@@ -61,16 +65,24 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
-            "platform": platform.platform(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _flags(script: Path) -> set[str]:
     """The long options a tool's ``--help`` lists."""
     try:
-        text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
-                              timeout=120).stdout
+        text = subprocess.run(
+            [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return set()
     return {f for f in ("--scale", "--out", "--data") if f in text}
@@ -103,8 +115,15 @@ def run_tool(name: str, script: Path, scale: str, out: Path, data: Path, timeout
     log(f"{name}: exit {code} after {seconds:.0f}s; wrote {[p.name for p in written]}")
     if code not in (0, 1):  # 1 = ran, some target missed
         sys.stderr.write(stderr[-4000:])
-    return {"name": name, "command": " ".join(["python", *cmd[1:]]), "code": code, "seconds": seconds,
-            "stdout": stdout, "stderr_tail": stderr[-2000:], "json": [str(p) for p in written]}
+    return {
+        "name": name,
+        "command": " ".join(["python", *cmd[1:]]),
+        "code": code,
+        "seconds": seconds,
+        "stdout": stdout,
+        "stderr_tail": stderr[-2000:],
+        "json": [str(p) for p in written],
+    }
 
 
 def _generic_table(rows: list) -> str:
@@ -175,8 +194,9 @@ def plots(rows: list[dict], out: Path, scale: str) -> list[Path]:
         ax.set_xlim(min(0.5, min(margin) / 1.5), max(2.0, max(margin) * 3))  # room for the labels
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("margin over the target: ratio / target, or target / ratio where lower is better "
-                      "(>= 1 passes)", fontsize=8)
+        ax.set_xlabel(
+            "margin over the target: ratio / target, or target / ratio where lower is better (>= 1 passes)", fontsize=8
+        )
         ax.set_title(f"mmpool benchmarks ({scale}): every figure against its target")
         for i, (m, r) in enumerate(zip(margin, rows)):
             ax.text(m, i, f" {r['ratio']:.2f} ({r['target']})", va="center", fontsize=7)
@@ -189,11 +209,17 @@ def plots(rows: list[dict], out: Path, scale: str) -> list[Path]:
     if speed:
         fig, ax = plt.subplots(figsize=(10, 0.5 * len(speed) + 1.5))
         y = range(len(speed))
-        ax.barh([i - 0.2 for i in y], [r["mmpool"] / r["baseline"] for r in speed], height=0.4, label="mmpool",
-                color="tab:blue")
+        ax.barh(
+            [i - 0.2 for i in y],
+            [r["mmpool"] / r["baseline"] for r in speed],
+            height=0.4,
+            label="mmpool",
+            color="tab:blue",
+        )
         ax.barh([i + 0.2 for i in y], [1.0] * len(speed), height=0.4, label="baseline (same run)", color="tab:gray")
-        ax.set_yticks(list(y), [f"{r['metric'][:60]}\n({r['baseline']:.3g} {r['unit']} baseline)" for r in speed],
-                      fontsize=7)
+        ax.set_yticks(
+            list(y), [f"{r['metric'][:60]}\n({r['baseline']:.3g} {r['unit']} baseline)" for r in speed], fontsize=7
+        )
         ax.invert_yaxis()
         ax.set_xlabel("throughput relative to its baseline (the rates in the tables)")
         ax.legend(loc="lower right")
@@ -213,8 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="benchmark data cache (default OUT/data)")
     p.add_argument("--only", nargs="+", choices=sorted(suite()), help="run only these benchmarks")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark")
-    p.add_argument("--collect", action="store_true",
-                   help="run nothing: rebuild REPORT.md and the plots from the last run (OUT/suite-SCALE.json)")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: rebuild REPORT.md and the plots from the last run (OUT/suite-SCALE.json)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,9 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = out / "REPORT.md"
     report.write_text("\n".join(head) + "\n" + "\n".join(sections))
     (out / f"REPORT-{args.scale}.md").write_text(report.read_text())  # kept when the other scale runs next
-    (out / f"suite-{args.scale}.json").write_text(json.dumps(
-        {"date": started, "finished": finished, "command": command, "machine": info, "load_end": load_end,
-         "runs": runs, "rows": rows}, indent=1))
+    (out / f"suite-{args.scale}.json").write_text(
+        json.dumps(
+            {
+                "date": started,
+                "finished": finished,
+                "command": command,
+                "machine": info,
+                "load_end": load_end,
+                "runs": runs,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(report.read_text())
     log(f"wrote {report}")
     return 0 if all(r["code"] in (0, 1) for r in runs) else 2

@@ -46,10 +46,14 @@ from mmpool.dataset import StreamingMixedShardDataset  # noqa: E402
 
 BATCH = 1024
 SCALES = {
-    "small": {"records": [1_500_000, 500_000], "shards": [300, 100], "pack_size": "256M", "pool": 500_000,
-              "rounds": 2},
-    "large": {"records": [12_000_000, 4_000_000], "shards": [600, 200], "pack_size": "1G", "pool": 2_000_000,
-              "rounds": 1},
+    "small": {"records": [1_500_000, 500_000], "shards": [300, 100], "pack_size": "256M", "pool": 500_000, "rounds": 2},
+    "large": {
+        "records": [12_000_000, 4_000_000],
+        "shards": [600, 200],
+        "pack_size": "1G",
+        "pool": 2_000_000,
+        "rounds": 1,
+    },
 }
 # name: (label, evict first, prefetch, kernel read-around)
 STREAMS = {
@@ -59,8 +63,12 @@ STREAMS = {
     "cold_prefetch_no_ra": ("cold, prefetch, no read-around", True, True, False),
     "cold_no_prefetch_no_ra": ("cold, no prefetch, no read-around", True, False, False),
 }
-BASELINE = {"cold_prefetch": "cold_no_prefetch", "cold_no_prefetch": "cold_no_prefetch",
-            "cold_prefetch_no_ra": "cold_no_prefetch_no_ra", "cold_no_prefetch_no_ra": "cold_no_prefetch_no_ra"}
+BASELINE = {
+    "cold_prefetch": "cold_no_prefetch",
+    "cold_no_prefetch": "cold_no_prefetch",
+    "cold_prefetch_no_ra": "cold_no_prefetch_no_ra",
+    "cold_no_prefetch_no_ra": "cold_no_prefetch_no_ra",
+}
 
 
 def log(msg: str) -> None:
@@ -140,8 +148,14 @@ def stream(dirs: list[Path], pool: int, prefetch: bool, seed: int = 11) -> dict:
         digest.update(ids.tobytes())
         examples += len(ids)
     seconds = time.perf_counter() - t0
-    return {"examples": examples, "seconds": seconds, "examples_per_s": examples / seconds,
-            "bytes_per_s": examples * itemsize / seconds, "first_batch_s": first, "ids_hash": digest.hexdigest()}
+    return {
+        "examples": examples,
+        "seconds": seconds,
+        "examples_per_s": examples / seconds,
+        "bytes_per_s": examples * itemsize / seconds,
+        "first_batch_s": first,
+        "ids_hash": digest.hexdigest(),
+    }
 
 
 def run(scale: str, data_root: Path, out_dir: Path) -> dict:
@@ -149,15 +163,17 @@ def run(scale: str, data_root: Path, out_dir: Path) -> dict:
     dirs = bd.converted_dataset(data_root, cfg["records"], cfg["shards"], cfg["pack_size"])
     packs = bd.pack_files(dirs)
     largest = max(packs, key=lambda p: p.stat().st_size)
-    log(f"coldcache[{scale}]: {bd.record_count(dirs):,} records in {len(packs)} packs "
-        f"({sum(p.stat().st_size for p in packs) / 1e9:.2f} GB), pool {cfg['pool']:,}")
+    log(
+        f"coldcache[{scale}]: {bd.record_count(dirs):,} records in {len(packs)} packs "
+        f"({sum(p.stat().st_size for p in packs) / 1e9:.2f} GB), pool {cfg['pool']:,}"
+    )
 
     disk = disk_rate(largest)
     log(f"  disk: {disk / 1e6:.0f} MB/s sequential ({largest.name})")
     runs: dict[str, list[dict]] = {name: [] for name in STREAMS}
     evicted: dict[str, float] = {}
     for k in range(cfg["rounds"]):
-        for name in (list(STREAMS) if k % 2 == 0 else list(STREAMS)[::-1]):
+        for name in list(STREAMS) if k % 2 == 0 else list(STREAMS)[::-1]:
             label, cold, prefetch, read_around = STREAMS[name]
             if cold:
                 bd.evict(packs)
@@ -173,26 +189,52 @@ def run(scale: str, data_root: Path, out_dir: Path) -> dict:
     for name, (label, *_rest) in STREAMS.items():
         rs = runs[name]
         base = BASELINE.get(name)
-        rows.append({
-            "stream": label, "examples_per_s": rate[name],
-            "mb_per_s": bd.median([r["bytes_per_s"] for r in rs]) / 1e6,
-            "first_batch_s": bd.median([r["first_batch_s"] for r in rs]), "vs_warm": rate[name] / rate["warm"],
-            "vs_cold_no_prefetch": rate[name] / rate[base] if base else None,
-            "vs_disk": bd.median([r["bytes_per_s"] for r in rs]) / disk,
-            "identical_to_warm": all(r["ids_hash"] == warm["ids_hash"] for r in rs),
-        })
-    rows.append({"stream": "disk, sequential read", "examples_per_s": None, "mb_per_s": disk / 1e6,
-                 "first_batch_s": None, "vs_warm": None, "vs_cold_no_prefetch": None, "vs_disk": 1.0,
-                 "identical_to_warm": None})
+        rows.append(
+            {
+                "stream": label,
+                "examples_per_s": rate[name],
+                "mb_per_s": bd.median([r["bytes_per_s"] for r in rs]) / 1e6,
+                "first_batch_s": bd.median([r["first_batch_s"] for r in rs]),
+                "vs_warm": rate[name] / rate["warm"],
+                "vs_cold_no_prefetch": rate[name] / rate[base] if base else None,
+                "vs_disk": bd.median([r["bytes_per_s"] for r in rs]) / disk,
+                "identical_to_warm": all(r["ids_hash"] == warm["ids_hash"] for r in rs),
+            }
+        )
+    rows.append(
+        {
+            "stream": "disk, sequential read",
+            "examples_per_s": None,
+            "mb_per_s": disk / 1e6,
+            "first_batch_s": None,
+            "vs_warm": None,
+            "vs_cold_no_prefetch": None,
+            "vs_disk": 1.0,
+            "identical_to_warm": None,
+        }
+    )
     details = {
-        "records": bd.record_count(dirs), "packs": len(packs), "pool": cfg["pool"], "batch": BATCH,
-        "pack_bytes": sum(p.stat().st_size for p in packs), "dirs": [str(d) for d in dirs],
-        "resident_after_evict": evicted, "read_ahead_kb": read_ahead_kb(largest), "runs": runs,
+        "records": bd.record_count(dirs),
+        "packs": len(packs),
+        "pool": cfg["pool"],
+        "batch": BATCH,
+        "pack_bytes": sum(p.stat().st_size for p in packs),
+        "dirs": [str(d) for d in dirs],
+        "resident_after_evict": evicted,
+        "read_ahead_kb": read_ahead_kb(largest),
+        "runs": runs,
         "rounds": cfg["rounds"],
-        "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
     }
-    doc = {"benchmark": "coldcache", "scale": scale, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": rows, "details": details}
+    doc = {
+        "benchmark": "coldcache",
+        "scale": scale,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "rows": rows,
+        "details": details,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "coldcache.json").write_text(json.dumps(doc, indent=1, default=float))
     return doc
@@ -202,21 +244,29 @@ def table(doc: dict) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    out = ["| stream | examples/s | record MB/s | first batch (s) | vs warm | vs cold, no prefetch | vs disk | "
-           "same records as warm |", "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| stream | examples/s | record MB/s | first batch (s) | vs warm | vs cold, no prefetch | vs disk | "
+        "same records as warm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in doc["rows"]:
         same = "-" if r["identical_to_warm"] is None else ("yes" if r["identical_to_warm"] else "NO")
-        out.append(f"| {r['stream']} | {f(r['examples_per_s'], ',.0f')} | {f(r['mb_per_s'], ',.0f')} | "
-                   f"{f(r['first_batch_s'], '.3f')} | {f(r['vs_warm'], '.2f')} | "
-                   f"{f(r['vs_cold_no_prefetch'], '.2f')} | {f(r['vs_disk'], '.2f')} | {same} |")
+        out.append(
+            f"| {r['stream']} | {f(r['examples_per_s'], ',.0f')} | {f(r['mb_per_s'], ',.0f')} | "
+            f"{f(r['first_batch_s'], '.3f')} | {f(r['vs_warm'], '.2f')} | "
+            f"{f(r['vs_cold_no_prefetch'], '.2f')} | {f(r['vs_disk'], '.2f')} | {same} |"
+        )
     d = doc["details"]
-    out += ["", f"- {d['records']:,} records in {d['packs']} packs ({d['pack_bytes'] / 1e9:.2f} GB), pool "
-            f"{d['pool']:,}, batches of {d['batch']}, one epoch in one process, median of {d['rounds']} round(s); "
-            f"load average {d['load_avg'][0]:.1f} on {d['cpus']} CPUs",
-            f"- after each eviction at most {max(d['resident_after_evict'].values()):.1%} of the packs' pages were "
-            f"cached; the disk's read_ahead_kb is {d['read_ahead_kb']} (what the kernel reads around a page fault, "
-            "and at most per MADV_WILLNEED call)",
-            "- vs cold, no prefetch: against the cold stream without prefetch with the same read-around setting"]
+    out += [
+        "",
+        f"- {d['records']:,} records in {d['packs']} packs ({d['pack_bytes'] / 1e9:.2f} GB), pool "
+        f"{d['pool']:,}, batches of {d['batch']}, one epoch in one process, median of {d['rounds']} round(s); "
+        f"load average {d['load_avg'][0]:.1f} on {d['cpus']} CPUs",
+        f"- after each eviction at most {max(d['resident_after_evict'].values()):.1%} of the packs' pages were "
+        f"cached; the disk's read_ahead_kb is {d['read_ahead_kb']} (what the kernel reads around a page fault, "
+        "and at most per MADV_WILLNEED call)",
+        "- vs cold, no prefetch: against the cold stream without prefetch with the same read-around setting",
+    ]
     return "\n".join(out)
 
 

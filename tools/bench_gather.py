@@ -40,12 +40,30 @@ from mmpool.store import ShardStore  # noqa: E402
 BATCH = 1024
 SCALES = {
     # records and shards per directory of the gather data; pack size; legacy source for conversion.
-    "small": {"records": [3_000_000, 1_000_000], "shards": [600, 200], "pack_size": "1G", "batches": 3000,
-              "rounds": 20, "warmup": 300, "legacy_shards": [160], "legacy_rows": 10_000, "convert_pack": "64M",
-              "convert_rounds": 3},
-    "large": {"records": [30_000_000, 10_000_000], "shards": [600, 200], "pack_size": "1G", "batches": 6000,
-              "rounds": 20, "warmup": 1500, "legacy_shards": [400], "legacy_rows": 20_000, "convert_pack": "512M",
-              "convert_rounds": 2},
+    "small": {
+        "records": [3_000_000, 1_000_000],
+        "shards": [600, 200],
+        "pack_size": "1G",
+        "batches": 3000,
+        "rounds": 20,
+        "warmup": 300,
+        "legacy_shards": [160],
+        "legacy_rows": 10_000,
+        "convert_pack": "64M",
+        "convert_rounds": 3,
+    },
+    "large": {
+        "records": [30_000_000, 10_000_000],
+        "shards": [600, 200],
+        "pack_size": "1G",
+        "batches": 6000,
+        "rounds": 20,
+        "warmup": 1500,
+        "legacy_shards": [400],
+        "legacy_rows": 20_000,
+        "convert_pack": "512M",
+        "convert_rounds": 2,
+    },
 }
 
 
@@ -103,8 +121,10 @@ def bench_gather(cfg: dict, data_root: Path) -> tuple[list[dict], dict]:
     idx, shards, rows = random_rows(cat, cfg["batches"])
     packed = pack(shards, rows)
     large = n * cat.schema.itemsize > 4 << 30
-    log(f"gather: {n:,} records, {cat.num_shards} shards, {len(cat.packs)} packs in {len(dirs)} dirs; "
-        f"loading the in-RAM copy{' (evicting the page cache as it goes)' if large else ''}")
+    log(
+        f"gather: {n:,} records, {cat.num_shards} shards, {len(cat.packs)} packs in {len(dirs)} dirs; "
+        f"loading the in-RAM copy{' (evicting the page cache as it goes)' if large else ''}"
+    )
     data = bd.load_records(dirs, drop_cache=large)
     idx_t = torch.from_numpy(idx)
     # Same bytes, same rows: check one batch before timing anything.
@@ -115,12 +135,15 @@ def bench_gather(cfg: dict, data_root: Path) -> tuple[list[dict], dict]:
     # Untimed gathers first, so the packs' page tables are filled in (a fresh mapping takes a minor fault per
     # folio the first time it is touched; the RAM copy's pages were all written when it was loaded).
     _, warm_shards, warm_rows = random_rows(cat, cfg["warmup"], seed=2)
-    ours = {"gather_rows": lambda sl: time_store(store, shards[sl], rows[sl]),
-            "gather": lambda sl: time_packed(store, packed[sl])}
+    ours = {
+        "gather_rows": lambda sl: time_store(store, shards[sl], rows[sl]),
+        "gather": lambda sl: time_packed(store, packed[sl]),
+    }
     if large:
         # The RAM copy and the warm page cache cannot both hold 11 GB here: baseline first, then the cache.
-        base = rounds({"index_select": lambda sl: time_index_select(data, idx_t[sl])}, cfg["rounds"],
-                      cfg["batches"])["index_select"]
+        base = rounds({"index_select": lambda sl: time_index_select(data, idx_t[sl])}, cfg["rounds"], cfg["batches"])[
+            "index_select"
+        ]
         del data
         bd.warm(dirs)
         time_store(store, warm_shards, warm_rows)
@@ -132,8 +155,9 @@ def bench_gather(cfg: dict, data_root: Path) -> tuple[list[dict], dict]:
     else:
         bd.warm(dirs)
         time_store(store, warm_shards, warm_rows)
-        res = rounds({"index_select": lambda sl: time_index_select(data, idx_t[sl]), **ours}, cfg["rounds"],
-                     cfg["batches"])
+        res = rounds(
+            {"index_select": lambda sl: time_index_select(data, idx_t[sl]), **ours}, cfg["rounds"], cfg["batches"]
+        )
         base = res["index_select"]
         del data
         pick = bd.median
@@ -144,22 +168,44 @@ def bench_gather(cfg: dict, data_root: Path) -> tuple[list[dict], dict]:
     resident = bd.resident_fraction(dirs)
     b, m, mp = pick(base), pick(mine), pick(mine_packed)
     log(f"gather: index_select {b / 1e6:.2f}M rows/s, gather_rows {m / 1e6:.2f}M, gather(packed) {mp / 1e6:.2f}M")
-    note = (f"{n:,} records x {cat.schema.itemsize} B, {cat.num_shards} shards, {len(cat.packs)} packs; "
-            f"{packs_touched:.1f} packs per batch; 1 thread for both; {resident:.1%} of the packs in page cache "
-            f"after; {cfg['warmup']} batches of warm-up; "
-            + (f"baseline then mmpool, {cfg['rounds']} rounds each, best round of each (the RAM copy and the "
-               "page cache cannot both hold the data here)" if large
-               else f"{cfg['rounds']} paired rounds, median of the per-round ratios"))
+    note = (
+        f"{n:,} records x {cat.schema.itemsize} B, {cat.num_shards} shards, {len(cat.packs)} packs; "
+        f"{packs_touched:.1f} packs per batch; 1 thread for both; {resident:.1%} of the packs in page cache "
+        f"after; {cfg['warmup']} batches of warm-up; "
+        + (
+            f"baseline then mmpool, {cfg['rounds']} rounds each, best round of each (the RAM copy and the "
+            "page cache cannot both hold the data here)"
+            if large
+            else f"{cfg['rounds']} paired rounds, median of the per-round ratios"
+        )
+    )
     rows_out = [
-        bd.result("gather rows/s (ShardStore.gather_rows vs torch.index_select in RAM)", m, b, 0.5, "rows/s", note,
-                  ratio=ratio),
-        bd.result("gather rows/s from packed pool entries (ShardStore.gather)", mp, b, 0.5, "rows/s",
-                  ratio=ratio_packed),
+        bd.result(
+            "gather rows/s (ShardStore.gather_rows vs torch.index_select in RAM)",
+            m,
+            b,
+            0.5,
+            "rows/s",
+            note,
+            ratio=ratio,
+        ),
+        bd.result(
+            "gather rows/s from packed pool entries (ShardStore.gather)", mp, b, 0.5, "rows/s", ratio=ratio_packed
+        ),
     ]
-    details = {"records": n, "shards": cat.num_shards, "packs": len(cat.packs), "packs_per_batch": packs_touched,
-               "batch": BATCH, "batches": cfg["batches"], "index_select_rows_s": base,
-               "gather_rows_rows_s": mine, "gather_packed_rows_s": mine_packed, "threads": 1,
-               "resident_after": resident}
+    details = {
+        "records": n,
+        "shards": cat.num_shards,
+        "packs": len(cat.packs),
+        "packs_per_batch": packs_touched,
+        "batch": BATCH,
+        "batches": cfg["batches"],
+        "index_select_rows_s": base,
+        "gather_rows_rows_s": mine,
+        "gather_packed_rows_s": mine_packed,
+        "threads": 1,
+        "resident_after": resident,
+    }
     return rows_out, details
 
 
@@ -194,8 +240,13 @@ def convert_seconds(src: Path, dst: Path, pack_size: str, workers: int) -> float
     """Seconds of one ``convert`` call (with its worker start-up, without the interpreter's)."""
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", _CONVERT_CHILD, str(src), str(dst), pack_size, str(workers)],
-                          check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", _CONVERT_CHILD, str(src), str(dst), pack_size, str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return float(done.stdout.split()[-1])
 
 
@@ -217,9 +268,11 @@ def bench_convert(cfg: dict, data_root: Path, scratch: Path) -> tuple[list[dict]
             shutil.rmtree(scratch, ignore_errors=True)
     mbs = {k: nbytes / 1e6 / bd.median(v) for k, v in times.items()}
     log("convert: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in mbs.items()))
-    note = (f"{len(files)} .npz shards, {nbytes / 1e6:.0f} MB of source, packs of {cfg['convert_pack']}; "
-            f"MB of source per second; median of {cfg['convert_rounds']} rounds; convert timed inside a fresh "
-            "interpreter (its worker start-up included)")
+    note = (
+        f"{len(files)} .npz shards, {nbytes / 1e6:.0f} MB of source, packs of {cfg['convert_pack']}; "
+        f"MB of source per second; median of {cfg['convert_rounds']} rounds; convert timed inside a fresh "
+        "interpreter (its worker start-up included)"
+    )
     rows_out = [
         bd.result("convert MB/s, 1 worker (vs copyfile + fsync)", mbs["w1"], mbs["copy"], 0.5, "MB/s", note),
         bd.result("convert MB/s, --workers 2 (vs copyfile + fsync)", mbs["w2"], mbs["copy"], 0.5, "MB/s"),

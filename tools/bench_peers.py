@@ -79,11 +79,26 @@ SCALES = {
     # shards per directory, rows per shard, pool entries, warm-up batches, measuring budget (s), timeout per step (s)
     "small": {"shards": (30, 10), "rows": 5_000, "pool": 100_000, "warmup": 10, "budget": 15.0, "timeout": 900},
     # HF's shuffle buffer holds each example as Python objects (~6.5 KB here): 2M would take ~13 GB of 24.
-    "large": {"shards": (30, 10), "rows": 100_000, "pool": 2_000_000, "warmup": 10, "budget": 40.0,
-              "timeout": 3600, "caps": {"hf-datasets": 500_000}},
+    "large": {
+        "shards": (30, 10),
+        "rows": 100_000,
+        "pool": 2_000_000,
+        "warmup": 10,
+        "budget": 40.0,
+        "timeout": 3600,
+        "caps": {"hf-datasets": 500_000},
+    },
 }
-COLUMNS = ("name", "samples_per_s", "peak_anon_mb", "peak_rss_mb", "shards_per_batch", "worst_share_error",
-           "prep_s", "note")
+COLUMNS = (
+    "name",
+    "samples_per_s",
+    "peak_anon_mb",
+    "peak_rss_mb",
+    "shards_per_batch",
+    "worst_share_error",
+    "prep_s",
+    "note",
+)
 MB = 1 << 20
 
 
@@ -141,9 +156,15 @@ def prep_mmpool(srcs: list[Path], out: Path, scale: dict) -> None:
 def load_mmpool(srcs: list[Path], out: Path, scale: dict):
     from mmpool.dataset import StreamingMixedShardDataset
 
-    ds = StreamingMixedShardDataset([out / s.name for s in srcs], pool_size=pool_of("mmpool", scale),
-                                    max_memory_gb=16.0, enable_augmentation=False, random_seed=SEED,
-                                    batch_size=BATCH, num_epochs=1)
+    ds = StreamingMixedShardDataset(
+        [out / s.name for s in srcs],
+        pool_size=pool_of("mmpool", scale),
+        max_memory_gb=16.0,
+        enable_augmentation=False,
+        random_seed=SEED,
+        batch_size=BATCH,
+        num_epochs=1,
+    )
     return ds, lambda b: b["id"].numpy(), lambda: ""
 
 
@@ -152,7 +173,7 @@ class ListPool:
 
     def __init__(self, srcs: list[Path], pool: int) -> None:
         per_dir = [shard_files(s) for s in srcs]
-        self.order = [f for k in range(max(map(len, per_dir))) for files in per_dir for f in files[k:k + 1]]
+        self.order = [f for k in range(max(map(len, per_dir))) for files in per_dir for f in files[k : k + 1]]
         self.pool_size = pool
         self.threshold = pool * 3 // 4
         self.peak = 0
@@ -222,8 +243,13 @@ def load_webdataset(srcs: list[Path], out: Path, scale: dict):
     for src, share in zip(srcs, WEIGHTS):
         urls = [str(p) for p in sorted((out / src.name).glob("*.tar"))]
         size = int(pool_of("webdataset", scale) * share)
-        parts.append(wds.WebDataset(urls, shardshuffle=len(urls), seed=SEED, empty_check=False)
-                     .map(count).shuffle(size, initial=size, seed=SEED).decode().map(lambda s: s["pyd"]))
+        parts.append(
+            wds.WebDataset(urls, shardshuffle=len(urls), seed=SEED, empty_check=False)
+            .map(count)
+            .shuffle(size, initial=size, seed=SEED)
+            .decode()
+            .map(lambda s: s["pyd"])
+        )
     mix = wds.RandomMix(parts, probs=list(WEIGHTS))
     loader = wds.WebLoader(mix, batch_size=None, num_workers=0).batched(BATCH)
     return loader, lambda b: np.asarray(b["id"]), lambda: f"{reads[0]:,} samples read"
@@ -242,12 +268,14 @@ def prep_hf_datasets(srcs: list[Path], out: Path, scale: dict) -> None:
             planes_type = datasets.Value("uint8")
             for size in reversed(a["planes"].shape[1:]):
                 planes_type = datasets.List(planes_type, length=size)
-            features = datasets.Features({
-                "planes": planes_type,
-                "move": datasets.Value("int16"),
-                "wdl": datasets.List(datasets.Value("float32"), length=3),
-                "id": datasets.Value("int64"),
-            })
+            features = datasets.Features(
+                {
+                    "planes": planes_type,
+                    "move": datasets.Value("int16"),
+                    "wdl": datasets.List(datasets.Value("float32"), length=3),
+                    "id": datasets.Value("int64"),
+                }
+            )
             # Arrow columns straight from the arrays (Dataset.from_dict goes through Python lists: 20x slower).
             planes = pa.array(a["planes"].reshape(-1))
             for size in reversed(a["planes"].shape[1:]):
@@ -262,10 +290,18 @@ def load_hf_datasets(srcs: list[Path], out: Path, scale: dict):
     import torch
 
     datasets.disable_progress_bars()
-    parts = [datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (out / s.name).glob("*.parquet")),
-                                   split="train", streaming=True) for s in srcs]
-    mix = datasets.interleave_datasets(parts, probabilities=list(WEIGHTS), seed=SEED,
-                                       stopping_strategy="first_exhausted")
+    parts = [
+        datasets.load_dataset(
+            "parquet",
+            data_files=sorted(str(p) for p in (out / s.name).glob("*.parquet")),
+            split="train",
+            streaming=True,
+        )
+        for s in srcs
+    ]
+    mix = datasets.interleave_datasets(
+        parts, probabilities=list(WEIGHTS), seed=SEED, stopping_strategy="first_exhausted"
+    )
     mix = mix.shuffle(seed=SEED, buffer_size=pool_of("hf-datasets", scale))
     # Batched by a DataLoader with np.array per field: ~6k examples/s here, against ~3k/s for
     # .with_format("numpy").iter(batch_size) and under 1k/s for .with_format("torch") with default_collate.
@@ -328,8 +364,13 @@ def prep_mosaic_streaming(srcs: list[Path], out: Path, scale: dict) -> None:
     columns = {"planes": "ndarray:uint8:4,8,8", "move": "int16", "wdl": "ndarray:float32:3", "id": "int64"}
     for src in srcs:
         # ~ one source shard per MDS shard: 278 record bytes plus MDS's per-sample offsets.
-        with MDSWriter(out=str(out / src.name), columns=columns, size_limit=scale["rows"] * 290,
-                       compression=None, progress_bar=False) as writer:
+        with MDSWriter(
+            out=str(out / src.name),
+            columns=columns,
+            size_limit=scale["rows"] * 290,
+            compression=None,
+            progress_bar=False,
+        ) as writer:
             for path in shard_files(src):
                 for row in rows_of(read_npz(path)):
                     writer.write(row)
@@ -343,8 +384,13 @@ def load_mosaic_streaming(srcs: list[Path], out: Path, scale: dict):
 
     clean_stale_shared_memory()
     streams = [Stream(local=str(out / s.name), proportion=w) for s, w in zip(srcs, WEIGHTS)]
-    ds = StreamingDataset(streams=streams, shuffle=True, shuffle_seed=SEED,
-                          shuffle_block_size=pool_of("mosaic-streaming", scale), batch_size=BATCH)
+    ds = StreamingDataset(
+        streams=streams,
+        shuffle=True,
+        shuffle_seed=SEED,
+        shuffle_block_size=pool_of("mosaic-streaming", scale),
+        batch_size=BATCH,
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=0)
     return loader, lambda b: b["id"].numpy(), lambda: note
 
@@ -359,9 +405,16 @@ def prep_litdata(srcs: list[Path], out: Path, scale: dict) -> None:
     import litdata
 
     for src in srcs:
-        litdata.optimize(fn=litdata_rows, inputs=[str(p) for p in shard_files(src)], output_dir=str(out / src.name),
-                         chunk_size=scale["rows"], num_workers=2, reorder_files=False, mode="overwrite",
-                         verbose=False)
+        litdata.optimize(
+            fn=litdata_rows,
+            inputs=[str(p) for p in shard_files(src)],
+            output_dir=str(out / src.name),
+            chunk_size=scale["rows"],
+            num_workers=2,
+            reorder_files=False,
+            mode="overwrite",
+            verbose=False,
+        )
 
 
 def load_litdata(srcs: list[Path], out: Path, scale: dict):
@@ -491,11 +544,16 @@ def measure(loader: Iterable, ids_of: Callable[[Any], np.ndarray], warmup: int, 
             break
     elapsed = time.perf_counter() - t0 - stats_s
     return {
-        "samples": stats.samples, "measured_s": elapsed, "samples_per_s": stats.samples / elapsed if elapsed else None,
+        "samples": stats.samples,
+        "measured_s": elapsed,
+        "samples_per_s": stats.samples / elapsed if elapsed else None,
         "shards_per_batch": stats.shards / stats.batches if stats.batches else None,
-        "worst_share_error": stats.worst if stats.windows else None, "windows": stats.windows,
+        "worst_share_error": stats.worst if stats.windows else None,
+        "windows": stats.windows,
         "share": (stats.per_dir / max(1, stats.samples)).round(4).tolist(),
-        "first_batch_s": first_batch_s, "warmup_s": warmup_s, "epochs": started[0],
+        "first_batch_s": first_batch_s,
+        "warmup_s": warmup_s,
+        "epochs": started[0],
     }
 
 
@@ -537,8 +595,12 @@ def child(step: str, peer: Peer, scale_name: str, data: Path, result: Path) -> N
         doc = measure(batches, ids_of, scale["warmup"], scale["budget"])
     finally:
         memory.stop()
-    doc.update(base_anon_mb=base_anon / MB, peak_anon_mb=memory.peak_anon / MB, peak_rss_mb=memory.peak_rss / MB,
-               note_after=note_after())
+    doc.update(
+        base_anon_mb=base_anon / MB,
+        peak_anon_mb=memory.peak_anon / MB,
+        peak_rss_mb=memory.peak_rss / MB,
+        note_after=note_after(),
+    )
     result.write_text(json.dumps(doc))
 
 
@@ -549,10 +611,27 @@ def run_step(step: str, peer: Peer, args: argparse.Namespace, timeout: float) ->
     """Run one child step; returns (its result, '') or (None, why it failed)."""
     result = Path(args.out) / f".peers-{peer.name}-{step}-{os.getpid()}.json"  # hidden: not a result file
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--peer", peer.name,
-           "--scale", args.scale, "--data", str(args.data), "--result", str(result)]
-    env = {**os.environ, "LITDATA_DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        step,
+        "--peer",
+        peer.name,
+        "--scale",
+        args.scale,
+        "--data",
+        str(args.data),
+        "--result",
+        str(result),
+    ]
+    env = {
+        **os.environ,
+        "LITDATA_DISABLE_VERSION_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -597,8 +676,10 @@ def bench_peer(peer: Peer, args: argparse.Namespace) -> dict:
         notes.append("reads the .npz shards directly")
     if run["note_after"]:
         notes.append(run["note_after"])
-    notes.append(f"{run['samples']:,} samples in {run['measured_s']:.1f} s"
-                 + (f", {run['epochs']} epochs started" if run["epochs"] > 1 else ""))
+    notes.append(
+        f"{run['samples']:,} samples in {run['measured_s']:.1f} s"
+        + (f", {run['epochs']} epochs started" if run["epochs"] > 1 else "")
+    )
     notes.append(f"first batch after {run['first_batch_s']:.1f} s")
     if not run["windows"]:
         notes.append("fewer than 10k samples: no share window")
@@ -620,14 +701,18 @@ def fmt(x: Any, digits: int = 0) -> str:
 def table(rows: list[dict], scale: str) -> str:
     s = SCALES[scale]
     records = sum(s["shards"]) * s["rows"]
-    head = (f"Peers, --scale {scale}: {records:,} records in {s['shards'][0]}+{s['shards'][1]} shards of "
-            f"{s['rows']:,}, mixed 3:1; pool/buffer {s['pool']:,}; batches of {BATCH}; one process, no workers.\n\n"
-            "| peer | samples/s | peak anon MB | peak RSS MB | shards/batch | worst share err (10k) | prep s | note |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---|\n")
+    head = (
+        f"Peers, --scale {scale}: {records:,} records in {s['shards'][0]}+{s['shards'][1]} shards of "
+        f"{s['rows']:,}, mixed 3:1; pool/buffer {s['pool']:,}; batches of {BATCH}; one process, no workers.\n\n"
+        "| peer | samples/s | peak anon MB | peak RSS MB | shards/batch | worst share err (10k) | prep s | note |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|\n"
+    )
     body = "".join(
         f"| {r['name']} | {fmt(r['samples_per_s'])} | {fmt(r['peak_anon_mb'])} | {fmt(r['peak_rss_mb'])} | "
         f"{fmt(r['shards_per_batch'], 1)} | {fmt(r['worst_share_error'], 3)} | {fmt(r['prep_s'], 1)} | "
-        f"{r['note'] or ''} |\n" for r in rows)
+        f"{r['note'] or ''} |\n"
+        for r in rows
+    )
     return head + body
 
 
@@ -637,8 +722,13 @@ def main(argv: list[str] | None = None) -> int:
 
     benchdata.add_common_args(p, SCALES)
     p.add_argument("--only", nargs="+", choices=[p.name for p in PEERS], help="run only these peers")
-    p.add_argument("--skip", nargs="+", default=[], choices=[p.name for p in PEERS],
-                   help="peers not to run (each still gets a row saying so)")
+    p.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=[p.name for p in PEERS],
+        help="peers not to run (each still gets a row saying so)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds per prep and per run of each peer")
     p.add_argument("--fresh", action="store_true", help="redo every peer's prep (conversion) instead of reusing it")
     p.add_argument("--child", choices=["prep", "run"], help=argparse.SUPPRESS)
@@ -663,8 +753,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for peer in peers:
         if peer.name in args.skip:
-            rows.append({**{k: None for k in COLUMNS}, "name": peer.name, "status": "skipped", "scale": args.scale,
-                         "note": "not run: skipped on the command line (--skip)"})
+            rows.append(
+                {
+                    **{k: None for k in COLUMNS},
+                    "name": peer.name,
+                    "status": "skipped",
+                    "scale": args.scale,
+                    "note": "not run: skipped on the command line (--skip)",
+                }
+            )
             continue
         log(f"{peer.name} ...")
         rows.append(bench_peer(peer, args))

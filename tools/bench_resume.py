@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=2_000_000)
     parser.add_argument("--resume-at", type=int, default=10_000_000, help="examples into the epoch")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--mode", choices=("batch", "single"), default="batch",
-                        help="batch: the dataset yields batches; single: single examples (drawn chunk_size at a time)")
+    parser.add_argument(
+        "--mode",
+        choices=("batch", "single"),
+        default="batch",
+        help="batch: the dataset yields batches; single: single examples (drawn chunk_size at a time)",
+    )
     args = parser.parse_args(argv)
 
     from mmpool.dataset import StreamingMixedShardDataset
@@ -89,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dirs = build(root, args.records, args.shards, args.dirs, args.shards_per_pack)
         batch = args.mode == "batch"
-        kwargs = dict(pool_size=args.pool, random_seed=0, batch_size=args.batch_size if batch else None,
-                      chunk_size=args.batch_size)
+        kwargs = dict(
+            pool_size=args.pool,
+            random_seed=0,
+            batch_size=args.batch_size if batch else None,
+            chunk_size=args.batch_size,
+        )
         steps = args.resume_at // args.batch_size if batch else args.resume_at
         at = steps * args.batch_size if batch else steps
 
@@ -111,16 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         t_resume, c_resume = time.perf_counter() - t0, time.process_time() - c0
         same = bool((np.asarray(first) == np.asarray(expected)).all())
 
-        print(f"data: {args.records:,} records, {args.shards} shards in {args.dirs} dirs; pool {args.pool:,}; "
-              f"mode {args.mode}, {args.batch_size} per {'batch' if batch else 'draw'}")
+        print(
+            f"data: {args.records:,} records, {args.shards} shards in {args.dirs} dirs; pool {args.pool:,}; "
+            f"mode {args.mode}, {args.batch_size} per {'batch' if batch else 'draw'}"
+        )
         print(f"state: {len(json.dumps(state))} bytes of JSON")
-        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
-              "(wall times grow with it; CPU times much less)")
-        print(f"uninterrupted stream to example {at:,}: {t_stream:.2f} s wall, {c_stream:.2f} s CPU "
-              f"({at / t_stream / 1e6:.2f} M examples/s)")
-        print(f"resume (load_state_dict to first item) at example {at:,}: {t_resume:.3f} s wall, {c_resume:.3f} s CPU "
-              f"= {t_resume / t_stream:.3f} x the uninterrupted stream (CPU: {c_resume / c_stream:.3f} x); "
-              f"first item identical: {same}")
+        print(
+            f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
+            "(wall times grow with it; CPU times much less)"
+        )
+        print(
+            f"uninterrupted stream to example {at:,}: {t_stream:.2f} s wall, {c_stream:.2f} s CPU "
+            f"({at / t_stream / 1e6:.2f} M examples/s)"
+        )
+        print(
+            f"resume (load_state_dict to first item) at example {at:,}: {t_resume:.3f} s wall, {c_resume:.3f} s CPU "
+            f"= {t_resume / t_stream:.3f} x the uninterrupted stream (CPU: {c_resume / c_stream:.3f} x); "
+            f"first item identical: {same}"
+        )
         ok = same and t_resume <= 2.0
         print("PASS" if ok else "FAIL", "(target: at most 2 s, identical first item)")
         return 0 if ok else 1

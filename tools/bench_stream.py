@@ -48,10 +48,28 @@ from mmpool.schedule import Segments  # noqa: E402
 
 BATCH = 1024
 SCALES = {
-    "small": {"records": [3_000_000, 1_000_000], "shards": [600, 200], "pack_size": "1G", "pool": 2_000_000,
-              "batches": 2400, "rounds": 16, "stall_batches": 4000, "dl_batches": 2400, "warmup": 300},
-    "large": {"records": [30_000_000, 10_000_000], "shards": [600, 200], "pack_size": "1G", "pool": 40_000_000,
-              "batches": 6000, "rounds": 24, "stall_batches": 25_000, "dl_batches": 4800, "warmup": 1500},
+    "small": {
+        "records": [3_000_000, 1_000_000],
+        "shards": [600, 200],
+        "pack_size": "1G",
+        "pool": 2_000_000,
+        "batches": 2400,
+        "rounds": 16,
+        "stall_batches": 4000,
+        "dl_batches": 2400,
+        "warmup": 300,
+    },
+    "large": {
+        "records": [30_000_000, 10_000_000],
+        "shards": [600, 200],
+        "pack_size": "1G",
+        "pool": 40_000_000,
+        "batches": 6000,
+        "rounds": 24,
+        "stall_batches": 25_000,
+        "dl_batches": 4800,
+        "warmup": 1500,
+    },
 }
 
 
@@ -61,8 +79,9 @@ def log(msg: str) -> None:
 
 def dataset(dirs: list[Path], pool: int, seed: int = 0, augment: bool = False) -> StreamingMixedShardDataset:
     aug = Dihedral(planes=("planes",), square_indices=("move",)) if augment else None
-    return StreamingMixedShardDataset(dirs, pool_size=pool, batch_size=BATCH, random_seed=seed, augmentation=aug,
-                                      num_epochs=None, max_memory_gb=8.0)
+    return StreamingMixedShardDataset(
+        dirs, pool_size=pool, batch_size=BATCH, random_seed=seed, augmentation=aug, num_epochs=None, max_memory_gb=8.0
+    )
 
 
 def shuffle_seconds(n: int, repeats: int = 3) -> float:
@@ -122,9 +141,16 @@ def child_pool(cfg: dict, dirs: list[Path]) -> dict:
     del it, ds
     gc.collect()
     shuffle = shuffle_seconds(pool)
-    return {"entries": entries, "anon_before": before, "anon_after": after, "anon_peak": peak_anon,
-            "bytes_per_entry": (after - before) / entries, "peak_bytes_per_entry": (peak_anon - before) / entries,
-            "first_batch_s": first, "shuffle_s": shuffle}
+    return {
+        "entries": entries,
+        "anon_before": before,
+        "anon_after": after,
+        "anon_peak": peak_anon,
+        "bytes_per_entry": (after - before) / entries,
+        "peak_bytes_per_entry": (peak_anon - before) / entries,
+        "first_batch_s": first,
+        "shuffle_s": shuffle,
+    }
 
 
 def fill_stalls(pool_size: int, refills: int = 6) -> dict:
@@ -161,8 +187,13 @@ def stream_gaps(dirs: list[Path], pool: int, batches: int) -> dict:
         t = now
     refills = ds.stats().refills
     del it
-    return {"max_gap_s": float(gaps.max()), "median_gap_s": float(np.median(gaps)), "refills": refills,
-            "batches": batches, "worst_gaps_s": np.sort(gaps)[-5:].tolist()}
+    return {
+        "max_gap_s": float(gaps.max()),
+        "median_gap_s": float(np.median(gaps)),
+        "refills": refills,
+        "batches": batches,
+        "worst_gaps_s": np.sort(gaps)[-5:].tolist(),
+    }
 
 
 def run_child(args: argparse.Namespace, what: str) -> dict:
@@ -177,33 +208,62 @@ def bench_pool(cfg: dict, dirs: list[Path], args: argparse.Namespace) -> tuple[l
     bd.warm(dirs)
     log(f"(a) pool of {cfg['pool']:,}: memory and time to first batch, in a fresh process (page cache warm)")
     child = run_child(args, "pool")
-    log(f"(a) {child['bytes_per_entry']:.2f} B/entry, first batch {child['first_batch_s']:.2f}s, "
-        f"shuffle {child['shuffle_s']:.2f}s")
+    log(
+        f"(a) {child['bytes_per_entry']:.2f} B/entry, first batch {child['first_batch_s']:.2f}s, "
+        f"shuffle {child['shuffle_s']:.2f}s"
+    )
     log("(a) refill stalls: IndexPool.fill directly")
     fills = fill_stalls(cfg["pool"])
     shuffle = shuffle_seconds(cfg["pool"])
     log(f"(a) refills {['%.3f' % x for x in fills['refill_s']]} s; shuffle here {shuffle:.3f}s")
     log(f"(a) refill stalls: from an augmented stream, {cfg['stall_batches']} batches")
     gaps = stream_gaps(dirs, cfg["pool"], cfg["stall_batches"])
-    log(f"(a) stream: {gaps['refills']} refills, worst gap {gaps['max_gap_s']:.3f}s, "
-        f"median {gaps['median_gap_s'] * 1e3:.2f}ms")
+    log(
+        f"(a) stream: {gaps['refills']} refills, worst gap {gaps['max_gap_s']:.3f}s, "
+        f"median {gaps['median_gap_s'] * 1e3:.2f}ms"
+    )
     n = f"{cfg['pool'] / 1e6:g}M"
     rows = [
-        bd.result(f"pool of {n}: anonymous bytes per entry (fresh process, after first batch)",
-                  child["bytes_per_entry"], 10.0, 10.0, "B", higher_is_better=False, ratio=child["bytes_per_entry"],
-                  note=f"ratio column = bytes per entry; peak while building {child['peak_bytes_per_entry']:.2f} "
-                       f"B/entry; baseline column = the 10-byte budget"),
-        bd.result(f"pool of {n}: seconds to first batch vs numpy shuffle of {n} uint64", child["first_batch_s"],
-                  child["shuffle_s"], 2.0, "s", higher_is_better=False,
-                  note="dataset construction + pool build + first gather, page cache warm; shuffle timed in the same "
-                       "fresh process"),
-        bd.result(f"pool of {n}: worst IndexPool.fill refill vs shuffle of {n}", max(fills["refill_s"]), shuffle,
-                  1.0, "s", higher_is_better=False,
-                  note=f"{len(fills['refill_s'])} refills of an epoch twice the pool, threshold 3/4"),
-        bd.result(f"pool of {n}: worst gap between batches while refilling (stream) vs shuffle of {n}",
-                  gaps["max_gap_s"], shuffle, 1.0, "s", higher_is_better=False,
-                  note=f"8-fold augmented stream, {gaps['batches']} batches, {gaps['refills']} refills; "
-                       f"median gap {gaps['median_gap_s'] * 1e3:.2f} ms"),
+        bd.result(
+            f"pool of {n}: anonymous bytes per entry (fresh process, after first batch)",
+            child["bytes_per_entry"],
+            10.0,
+            10.0,
+            "B",
+            higher_is_better=False,
+            ratio=child["bytes_per_entry"],
+            note=f"ratio column = bytes per entry; peak while building {child['peak_bytes_per_entry']:.2f} "
+            f"B/entry; baseline column = the 10-byte budget",
+        ),
+        bd.result(
+            f"pool of {n}: seconds to first batch vs numpy shuffle of {n} uint64",
+            child["first_batch_s"],
+            child["shuffle_s"],
+            2.0,
+            "s",
+            higher_is_better=False,
+            note="dataset construction + pool build + first gather, page cache warm; shuffle timed in the same "
+            "fresh process",
+        ),
+        bd.result(
+            f"pool of {n}: worst IndexPool.fill refill vs shuffle of {n}",
+            max(fills["refill_s"]),
+            shuffle,
+            1.0,
+            "s",
+            higher_is_better=False,
+            note=f"{len(fills['refill_s'])} refills of an epoch twice the pool, threshold 3/4",
+        ),
+        bd.result(
+            f"pool of {n}: worst gap between batches while refilling (stream) vs shuffle of {n}",
+            gaps["max_gap_s"],
+            shuffle,
+            1.0,
+            "s",
+            higher_is_better=False,
+            note=f"8-fold augmented stream, {gaps['batches']} batches, {gaps['refills']} refills; "
+            f"median gap {gaps['median_gap_s'] * 1e3:.2f} ms",
+        ),
     ]
     return rows, {"child": child, "fills": fills, "shuffle_s": shuffle, "stream_gaps": gaps}
 
@@ -235,8 +295,9 @@ def timed(it, batches: int, cpu: list[float] | None = None) -> float:
     return n / (time.perf_counter() - t)
 
 
-def index_select_rate(data: torch.Tensor, batches: int, rng: np.random.Generator,
-                      cpu: list[float] | None = None) -> float:
+def index_select_rate(
+    data: torch.Tensor, batches: int, rng: np.random.Generator, cpu: list[float] | None = None
+) -> float:
     idx = torch.from_numpy(rng.integers(0, data.shape[0], size=(batches, BATCH), dtype=np.int64))
     t, c = time.perf_counter(), time.thread_time()
     for i in idx:
@@ -291,18 +352,30 @@ def bench_throughput(cfg: dict, dirs: list[Path]) -> tuple[list[dict], dict]:
         bd.warm(dirs)
         it = iter(plain)
         timed(it, warmup)
-        res = alternate({"ram": lambda: index_select_rate(data, per_round, rng, cpu_base),
-                         "stream": lambda: timed(it, per_round, cpu_mine)}, rounds)
+        res = alternate(
+            {
+                "ram": lambda: index_select_rate(data, per_round, rng, cpu_base),
+                "stream": lambda: timed(it, per_round, cpu_mine),
+            },
+            rounds,
+        )
         base, mine = res["ram"], res["stream"]
         ratio_b = paired(res, "stream", "ram")
         del data
         gc.collect()
     resident = bd.resident_fraction(dirs)
     cpu_ratio = bd.median(cpu_mine) / bd.median(cpu_base)
-    log(f"(b) stream {bd.median(mine) / 1e6:.2f}M/s, index_select {bd.median(base) / 1e6:.2f}M/s; per CPU second "
-        f"{bd.median(cpu_mine) / 1e6:.2f}M vs {bd.median(cpu_base) / 1e6:.2f}M; packs {resident:.1%} in page cache")
-    details["b"] = {"index_select": base, "stream": mine, "index_select_cpu": cpu_base, "stream_cpu": cpu_mine,
-                    "resident_after": resident}
+    log(
+        f"(b) stream {bd.median(mine) / 1e6:.2f}M/s, index_select {bd.median(base) / 1e6:.2f}M/s; per CPU second "
+        f"{bd.median(cpu_mine) / 1e6:.2f}M vs {bd.median(cpu_base) / 1e6:.2f}M; packs {resident:.1%} in page cache"
+    )
+    details["b"] = {
+        "index_select": base,
+        "stream": mine,
+        "index_select_cpu": cpu_base,
+        "stream_cpu": cpu_mine,
+        "resident_after": resident,
+    }
 
     # (d) 8-fold augmentation vs none, same data, alternating rounds on both live iterators.
     log("(d) Dihedral x8 vs none")
@@ -335,25 +408,45 @@ def bench_throughput(cfg: dict, dirs: list[Path]) -> tuple[list[dict], dict]:
     details["c"] = res_c
     it = None  # frees the pool
 
-    how = ("one after the other (the RAM copy and the page cache cannot both hold the data), best round of each"
-           if large else "paired rounds, median of the per-round ratios")
+    how = (
+        "one after the other (the RAM copy and the page cache cannot both hold the data), best round of each"
+        if large
+        else "paired rounds, median of the per-round ratios"
+    )
     rows = [
-        bd.result("stream examples/s, batch mode, one process (vs torch.index_select in RAM)",
-                  max(mine) if large else bd.median(mine), max(base) if large else bd.median(base), 0.5,
-                  "examples/s", ratio=ratio_b,
-                  note=f"pool {pool:,}, {sum(cfg['records']):,} records in 800 shards / 2 dirs, batches of {BATCH}, "
-                       f"warm cache ({resident:.1%} of the packs still cached after), {warmup} batches of warm-up, "
-                       f"1 thread; {rounds} rounds of "
-                       f"{per_round} batches, {how}; per second of thread CPU time (medians) "
-                       f"{bd.median(cpu_mine) / 1e6:.2f}M vs {bd.median(cpu_base) / 1e6:.2f}M: ratio {cpu_ratio:.2f}"),
-        bd.result("stream examples/s, 2 DataLoader workers (vs one process)", bd.median(res_c["workers"]),
-                  bd.median(res_c["one"]), 1.6, "examples/s", ratio=ratio_c,
-                  note="2 cores: the main process consuming the batches shares them with the 2 workers; "
-                       "DataLoader(batch_size=None, num_workers=2, prefetch_factor=4). The DataLoader alone, 2 "
-                       f"workers yielding fresh {BATCH * 280 // 1024} KB buffers and doing nothing else, reached "
-                       f"{ceiling / 1e6:.2f}M examples/s in this run: its ceiling"),
-        bd.result("stream examples/s, Dihedral x8 (planes + move) vs none", bd.median(res_d["aug"]),
-                  bd.median(res_d["plain"]), 0.5, "examples/s", ratio=ratio_d),
+        bd.result(
+            "stream examples/s, batch mode, one process (vs torch.index_select in RAM)",
+            max(mine) if large else bd.median(mine),
+            max(base) if large else bd.median(base),
+            0.5,
+            "examples/s",
+            ratio=ratio_b,
+            note=f"pool {pool:,}, {sum(cfg['records']):,} records in 800 shards / 2 dirs, batches of {BATCH}, "
+            f"warm cache ({resident:.1%} of the packs still cached after), {warmup} batches of warm-up, "
+            f"1 thread; {rounds} rounds of "
+            f"{per_round} batches, {how}; per second of thread CPU time (medians) "
+            f"{bd.median(cpu_mine) / 1e6:.2f}M vs {bd.median(cpu_base) / 1e6:.2f}M: ratio {cpu_ratio:.2f}",
+        ),
+        bd.result(
+            "stream examples/s, 2 DataLoader workers (vs one process)",
+            bd.median(res_c["workers"]),
+            bd.median(res_c["one"]),
+            1.6,
+            "examples/s",
+            ratio=ratio_c,
+            note="2 cores: the main process consuming the batches shares them with the 2 workers; "
+            "DataLoader(batch_size=None, num_workers=2, prefetch_factor=4). The DataLoader alone, 2 "
+            f"workers yielding fresh {BATCH * 280 // 1024} KB buffers and doing nothing else, reached "
+            f"{ceiling / 1e6:.2f}M examples/s in this run: its ceiling",
+        ),
+        bd.result(
+            "stream examples/s, Dihedral x8 (planes + move) vs none",
+            bd.median(res_d["aug"]),
+            bd.median(res_d["plain"]),
+            0.5,
+            "examples/s",
+            ratio=ratio_d,
+        ),
     ]
     return rows, details
 

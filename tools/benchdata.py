@@ -78,24 +78,27 @@ def _schema(channels: int) -> Schema:
     return Schema.from_fields({k: (v.dtype, v.shape[1:]) for k, v in one.items()})
 
 
-def _write_pack(path: Path, schema: Schema, shards: list[tuple[int, int, int]], seed: int, channels: int
-                ) -> tuple[dict, list[dict]]:
+def _write_pack(
+    path: Path, schema: Schema, shards: list[tuple[int, int, int]], seed: int, channels: int
+) -> tuple[dict, list[dict]]:
     """Write one pack of shards ``(dir_index, number, rows)``; returns its entry and shard entries (as dicts)."""
     dtype = schema.dtype
     writer = PackWriter(path, dtype, sum(n for _, _, n in shards), "npy")
     entries, first = [], 0
     try:
         for d, number, n in shards:
-            arrays = make_positions(n, seed, id_base=(d << (_SHARD_BITS + _ROW_BITS)) | (number << _ROW_BITS),
-                                    channels=channels)
+            arrays = make_positions(
+                n, seed, id_base=(d << (_SHARD_BITS + _ROW_BITS)) | (number << _ROW_BITS), channels=channels
+            )
             records = np.zeros(n, dtype=dtype)  # zeros: padding bytes are part of the CRC, as in convert
             for name in dtype.names:
                 records[name] = arrays[name]
             del arrays
             writer.write(records)
             crc = zlib.crc32(record_bytes(records)) & 0xFFFFFFFF
-            entries.append({"number": number, "source": f"shard_{number:05d}.npz", "first_row": first,
-                            "rows": n, "crc32": crc})
+            entries.append(
+                {"number": number, "source": f"shard_{number:05d}.npz", "first_row": first, "rows": n, "crc32": crc}
+            )
             first += n
         pack = writer.commit()
     except BaseException:
@@ -157,8 +160,14 @@ def converted_dataset(
     if len(records) != len(shards) or not records:
         raise ValueError(f"records_per_dir {records} and shards_per_dir {shards} must be non-empty and as long")
     pack_bytes = _size(pack_size)
-    params = {"version": CACHE_VERSION, "records": records, "shards": shards, "pack_size": pack_bytes,
-              "channels": channels, "seed": seed}
+    params = {
+        "version": CACHE_VERSION,
+        "records": records,
+        "shards": shards,
+        "pack_size": pack_bytes,
+        "channels": channels,
+        "seed": seed,
+    }
     tag = "-".join(f"{r}x{s}" for r, s in zip(records, shards))
     base = Path(root) / f"conv-{tag}-p{pack_bytes >> 20}M-c{channels}-s{seed}-v{CACHE_VERSION}"
     dirs = [base / f"dir{d}" for d in range(len(records))]
@@ -183,8 +192,12 @@ def converted_dataset(
         done_rows += sum(n for _, _, n in group)
         if progress:
             rate = done_rows / max(1e-9, time.perf_counter() - t0)
-            print(f"\rbenchdata: {done_rows:,}/{all_rows:,} records ({rate / 1e6:.2f}M/s)", end="",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\rbenchdata: {done_rows:,}/{all_rows:,} records ({rate / 1e6:.2f}M/s)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if workers <= 1 or len(jobs) == 1:
         for d, k, path, group in jobs:
@@ -193,8 +206,10 @@ def converted_dataset(
         # spawn: a fresh interpreter, whatever (torch, threads) the caller has loaded.
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_write_pack, path, schema, group, seed, channels): (d, k, group)
-                       for d, k, path, group in jobs}
+            futures = {
+                pool.submit(_write_pack, path, schema, group, seed, channels): (d, k, group)
+                for d, k, path, group in jobs
+            }
             for fut in cf.as_completed(futures):
                 done(*futures[fut], fut.result())
     if progress:
@@ -223,8 +238,14 @@ def legacy_dataset(
 ) -> list[Path]:
     """Legacy shard directories (``make_synthetic``), cached under ``root``: the input of conversion benchmarks."""
     shards = [int(s) for s in shards_per_dir]
-    params = {"version": CACHE_VERSION, "shards": shards, "rows": rows_per_shard, "fmt": fmt, "seed": seed,
-              "channels": channels}
+    params = {
+        "version": CACHE_VERSION,
+        "shards": shards,
+        "rows": rows_per_shard,
+        "fmt": fmt,
+        "seed": seed,
+        "channels": channels,
+    }
     base = Path(root) / f"legacy-{'x'.join(map(str, shards))}-r{rows_per_shard}-{fmt}-c{channels}-s{seed}"
     dirs = [base / f"dir{d}" for d in range(len(shards))]
     if _ready(base, params):
@@ -371,15 +392,31 @@ def load_records(dirs: Sequence[str | Path], drop_cache: bool = False):
 # --------------------------------------------------------------------------- results
 
 
-def result(metric: str, mmpool: float, baseline: float, target: float, unit: str = "", note: str = "",
-           higher_is_better: bool = True, ratio: float | None = None) -> dict:
+def result(
+    metric: str,
+    mmpool: float,
+    baseline: float,
+    target: float,
+    unit: str = "",
+    note: str = "",
+    higher_is_better: bool = True,
+    ratio: float | None = None,
+) -> dict:
     """One row of a benchmark table: ``ratio = mmpool / baseline`` passes when ``>= target`` (or ``<=`` when
     lower is better, e.g. times and bytes)."""
     if ratio is None:
         ratio = mmpool / baseline if baseline else float("inf")
     ok = ratio >= target if higher_is_better else ratio <= target
-    return {"metric": metric, "mmpool": mmpool, "baseline": baseline, "ratio": ratio, "unit": unit,
-            "target": f"{'>=' if higher_is_better else '<='} {target:g}", "pass": bool(ok), "note": note}
+    return {
+        "metric": metric,
+        "mmpool": mmpool,
+        "baseline": baseline,
+        "ratio": ratio,
+        "unit": unit,
+        "target": f"{'>=' if higher_is_better else '<='} {target:g}",
+        "pass": bool(ok),
+        "note": note,
+    }
 
 
 def _fmt(x: float, unit: str) -> str:
@@ -397,8 +434,10 @@ def table(rows: Sequence[dict]) -> str:
     """The markdown table of result rows."""
     out = ["| metric | mmpool | baseline | ratio | target | pass/fail |", "|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['metric']} | {_fmt(r['mmpool'], r['unit'])} | {_fmt(r['baseline'], r['unit'])} | "
-                   f"{r['ratio']:.2f} | {r['target']} | {'pass' if r['pass'] else 'FAIL'} |")
+        out.append(
+            f"| {r['metric']} | {_fmt(r['mmpool'], r['unit'])} | {_fmt(r['baseline'], r['unit'])} | "
+            f"{r['ratio']:.2f} | {r['target']} | {'pass' if r['pass'] else 'FAIL'} |"
+        )
     notes = [f"- {r['metric']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(out + ([""] + notes if notes else []))
 
@@ -407,8 +446,14 @@ def save(out_dir: str | Path, name: str, scale: str, rows: Sequence[dict], detai
     """Write ``out_dir/{name}-{scale}.json`` (rows, details, when, command) and return its path."""
     path = Path(out_dir) / f"{name}-{scale}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "scale": scale, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": list(rows), "details": details}
+    doc = {
+        "benchmark": name,
+        "scale": scale,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "rows": list(rows),
+        "details": details,
+    }
     path.write_text(json.dumps(doc, indent=1, default=float))
     return path
 

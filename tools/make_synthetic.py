@@ -19,11 +19,12 @@ from mmpool.synthetic import FORMATS, make_synthetic  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="directory to create the shard directories in")
+    parser.add_argument("--shards", type=int, nargs="+", required=True, help="shards per directory, one per dir")
     parser.add_argument(
-        "--shards", type=int, nargs="+", required=True, help="shards per directory, one per dir"
-    )
-    parser.add_argument(
-        "--rows", type=int, nargs="+", default=[5000],
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[5000],
         help="rows per shard: one value, or one per directory",
     )
     parser.add_argument("--format", default="npz", choices=FORMATS)
@@ -34,8 +35,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = args.rows[0] if len(args.rows) == 1 else args.rows
     dirs = make_synthetic(
-        args.root, args.shards, rows, fmt=args.format, seed=args.seed,
-        channels=args.channels, dir_names=args.dir_names,
+        args.root,
+        args.shards,
+        rows,
+        fmt=args.format,
+        seed=args.seed,
+        channels=args.channels,
+        dir_names=args.dir_names,
     )
     per_dir_rows = args.rows * len(dirs) if len(args.rows) == 1 else args.rows
     total_bytes = total_rows = 0
