@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from mmpool.errors import ConfigError
 from mmpool.format import Manifest, PackEntry, Schema, check_pack_file, read_manifest
 from mmpool.ranges import select, to_range
 
-Weights = Union[Literal["shards", "records"], Sequence[float]]
+Weights = Literal["shards", "records"] | Sequence[float]
 
 
 @dataclass(frozen=True)

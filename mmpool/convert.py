@@ -12,9 +12,9 @@ import logging
 import multiprocessing
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -106,7 +106,7 @@ def plan_packs(shards: list[ShardInfo], itemsize: int, pack_size: int) -> list[l
     return groups
 
 
-def convert_pack(task: PackTask, on_rows: Optional[Callable[[int], None]] = None) -> tuple[PackEntry, list[ShardEntry]]:
+def convert_pack(task: PackTask, on_rows: Callable[[int], None] | None = None) -> tuple[PackEntry, list[ShardEntry]]:
     """Read the task's shards, write and commit its pack; returns its entry and shard entries (``pack`` = 0).
 
     Runs in worker processes too: reads and writes happen here, only the small entries travel back.

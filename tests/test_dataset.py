@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import Data, collect, id_dir, id_shard, stack
+
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError
 from mmpool.schedule import activation_order

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import Data, collect, stack
 from torch.utils.data import DataLoader
 
-from conftest import Data, collect, stack
 from mmpool.augment import Dihedral
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.synthetic import PASS_MOVE

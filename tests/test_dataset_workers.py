@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import Data, collect, id_dir, id_row, id_shard
 from torch.utils.data import DataLoader
 
-from conftest import Data, collect, id_dir, id_row, id_shard
 from mmpool.dataset import StreamingMixedShardDataset
 
 WORKERS = 2
@@ -51,7 +51,7 @@ def test_single_examples_yield_every_record_once_with_its_source_content(two_dir
 def test_every_worker_reads_one_contiguous_block_of_every_shard(two_dirs: Data) -> None:
     ds = make(two_dirs, batch_size=100)
     blocks = {}
-    for w, mine in enumerate(per_worker(list(loader(ds)))):
+    for _w, mine in enumerate(per_worker(list(loader(ds)))):
         ids = collect(mine)["id"]
         key = id_dir(ids) * 100 + id_shard(ids)
         assert len(np.unique(key)) == 16  # every worker walks every shard: none sits idle, the window is shared

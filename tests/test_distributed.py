@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import FIELDS, Data, free_port, id_dir, id_row, id_shard
 
 REPO = Path(__file__).resolve().parent.parent

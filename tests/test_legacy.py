@@ -54,7 +54,7 @@ def test_round_trip(tmp_path: Path, fmt: str) -> None:
     info = scan_shard(path, 7)
     assert info.path == path and info.number == 7 and info.rows == 37
     assert info.fields == EXPECTED_FIELDS
-    for name, (dtype, shape) in info.fields.items():
+    for name, (dtype, _shape) in info.fields.items():
         assert dtype.str == EXPECTED_FIELDS[name][0].str  # exact, byte order included
     out = read_shard(info)
     assert set(out) == set(arrays)

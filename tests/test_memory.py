@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Data
+
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError, MemoryLimitExceeded
 from mmpool.memory import GB, anon_bytes

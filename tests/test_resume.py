@@ -13,8 +13,8 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mmpool.augment import Dihedral
 from mmpool import dataset as dataset_module
+from mmpool.augment import Dihedral
 from mmpool.convert import convert
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError

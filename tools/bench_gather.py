@@ -30,7 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchdata as bd  # noqa: E402  (also puts the repository root on sys.path)
-
 import torch  # noqa: E402
 
 from mmpool.catalog import Catalog  # noqa: E402

@@ -37,7 +37,6 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchdata as bd  # noqa: E402  (also puts the repository root on sys.path)
-
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -215,7 +214,7 @@ def bench_pool(cfg: dict, dirs: list[Path], args: argparse.Namespace) -> tuple[l
     log("(a) refill stalls: IndexPool.fill directly")
     fills = fill_stalls(cfg["pool"])
     shuffle = shuffle_seconds(cfg["pool"])
-    log(f"(a) refills {['%.3f' % x for x in fills['refill_s']]} s; shuffle here {shuffle:.3f}s")
+    log(f"(a) refills {[f'{x:.3f}' for x in fills['refill_s']]} s; shuffle here {shuffle:.3f}s")
     log(f"(a) refill stalls: from an augmented stream, {cfg['stall_batches']} batches")
     gaps = stream_gaps(dirs, cfg["pool"], cfg["stall_batches"])
     log(
