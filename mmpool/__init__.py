@@ -3,20 +3,29 @@
 Convert shards once (``mmpool convert``), then stream them with :class:`StreamingMixedShardDataset`.
 """
 
+from typing import TYPE_CHECKING
+
 from mmpool.augment import Augmentation, Dihedral
 from mmpool.catalog import Catalog, Split, train_val_split
 from mmpool.errors import ConfigError, MemoryLimitExceeded, MmpoolError, ShardError
 from mmpool.store import ShardStore
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and IDEs
+    from mmpool.dataset import StreamingMixedShardDataset
+    from mmpool.iterator import StreamIterator
+    from mmpool.stats import Stats
+
+__version__ = "0.2.0"
+
+# The dataset needs torch; these are imported only when asked for, so the converter and tools start fast.
+_LAZY = {"StreamingMixedShardDataset": "dataset", "StreamIterator": "iterator", "Stats": "stats"}
 
 
-def __getattr__(name: str):
-    # The dataset needs torch; import it only when asked for, so the converter and tools start fast.
-    if name in ("StreamingMixedShardDataset", "Stats"):
-        from mmpool import dataset, stats
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
 
-        return {"StreamingMixedShardDataset": dataset.StreamingMixedShardDataset, "Stats": stats.Stats}[name]
+        return getattr(importlib.import_module(f"mmpool.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'mmpool' has no attribute {name!r}")
 
 
@@ -31,6 +40,7 @@ __all__ = [
     "ShardStore",
     "Split",
     "Stats",
+    "StreamIterator",
     "StreamingMixedShardDataset",
     "train_val_split",
 ]

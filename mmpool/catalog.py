@@ -10,7 +10,8 @@ from typing import Literal
 import numpy as np
 
 from mmpool.errors import ConfigError
-from mmpool.format import Manifest, PackEntry, Schema, check_pack_file, read_manifest
+from mmpool.format import MANIFEST_NAME, Manifest, PackEntry, Schema, check_pack_file, read_manifest
+from mmpool.packing import check_limits
 from mmpool.ranges import select, to_range
 
 Weights = Literal["shards", "records"] | Sequence[float]
@@ -57,6 +58,13 @@ class Catalog:
                 f"shard_ranges has {len(ranges)} entries for {len(self.dirs)} data_dirs; give one range per directory"
             )
         self.ranges = list(ranges)
+        for d in self.dirs:  # a wrong directory is a configuration error (a broken manifest is a ShardError)
+            if not (d / MANIFEST_NAME).is_file():
+                what = "does not exist" if not d.exists() else f"has no {MANIFEST_NAME}"
+                raise ConfigError(
+                    f"data_dirs: {d} {what}: it is not a converted directory; "
+                    f"convert its shards first: mmpool convert SRC {d}"
+                )
         self.manifests: list[Manifest] = [read_manifest(d) for d in self.dirs]
         self.schema: Schema = self._common_schema()
 
@@ -85,6 +93,7 @@ class Catalog:
         self.shard_pack = np.array(pack, dtype=np.int32)
         self.shard_first_row = np.array(first, dtype=np.int64)
         self.weights = self._weights(weights)
+        check_limits(self.num_shards, int(self.shard_rows.max()), ", ".join(map(str, self.dirs)))
 
     @property
     def num_dirs(self) -> int:

@@ -79,8 +79,9 @@ class Schema:
     def from_dtype(cls, dtype: np.dtype) -> Schema:
         """The schema of a structured dtype."""
         out = []
+        fields: Any = dtype.fields or {}
         for name in dtype.names or ():
-            sub, offset = dtype.fields[name][:2]
+            sub, offset = fields[name][:2]
             base, shape = (sub.base, sub.shape) if sub.subdtype else (sub, ())
             out.append(Field(name, base.str, tuple(int(s) for s in shape), int(offset)))
         return cls(tuple(out), int(dtype.itemsize))
@@ -230,7 +231,7 @@ def npy_header(dtype: np.dtype, rows: int) -> bytes:
 
 def record_bytes(records: np.ndarray) -> memoryview:
     """The raw bytes of a contiguous record array (for checksums and writing) without a copy."""
-    return memoryview(np.ascontiguousarray(records).view(np.uint8).reshape(-1))
+    return np.ascontiguousarray(records).view(np.uint8).reshape(-1).data
 
 
 def checksum(records: np.ndarray) -> int:
@@ -248,6 +249,7 @@ class PackWriter:
         self.kind = kind
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.written = 0
+        self._file: Any  # an open .npy file, or an h5py.File
         if kind == "npy":
             self._file = open(self.tmp, "wb")
             self._file.write(npy_header(dtype, rows))

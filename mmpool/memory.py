@@ -18,7 +18,7 @@ import psutil
 
 from mmpool.errors import MemoryLimitExceeded
 
-GB = 1 << 30
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,18 @@ def report(cap: int, procs: list[ProcessMemory], context: str) -> str:
     """The text of a MemoryLimitExceeded: cap, totals, per process anonymous and file-backed memory, context."""
     total = sum(p.anon for p in procs)
     lines = [
-        f"memory cap exceeded: {total / GB:.2f} GB of anonymous memory counted against max_memory_gb={cap / GB:.2f}",
+        f"memory cap exceeded: {total / GIB:.2f} GiB of anonymous memory counted against max_memory_gb={cap / GIB:.2f}",
         "  process      pid      anonymous (counted)   file-backed (page cache, not counted)",
     ]
     lines += [
-        f"  {p.role:<12} {p.pid:<8} {p.anon / GB:>8.3f} GB           {p.file_backed / GB:>8.3f} GB" for p in procs
+        f"  {p.role:<12} {p.pid:<8} {p.anon / GIB:>8.3f} GiB           {p.file_backed / GIB:>8.3f} GiB" for p in procs
     ]
     if context:
         lines.append("  " + context)
+    lines.append(
+        "  the cap counts the whole training process and its DataLoader workers (model, optimizer, everything it "
+        "allocated), not only mmpool's own memory"
+    )
     lines.append(
         "  fix: raise max_memory_gb, lower pool_size, use fewer DataLoader workers, or free memory held elsewhere"
     )

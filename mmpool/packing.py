@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmpool.errors import ConfigError
+
 SHARD_SHIFT = 40
 ROW_SHIFT = 8
 ROW_MASK = (1 << 32) - 1
@@ -15,6 +17,21 @@ SYM_MASK = (1 << 8) - 1
 MAX_SHARDS = 1 << 24
 MAX_ROWS = 1 << 32
 MAX_SYMMETRIES = 1 << 8
+ENTRY_BYTES = 8  # one uint64 per pool entry: what a pool costs per entry
+
+
+def check_limits(num_shards: int, max_rows: int, where: str) -> None:
+    """Refuse a catalog whose shards or rows do not fit an entry's bit fields (``where`` names the directories)."""
+    if num_shards > MAX_SHARDS:
+        raise ConfigError(
+            f"{where}: {num_shards} shards selected, but a pool entry holds at most {MAX_SHARDS} shard ids "
+            f"(24 bits); select fewer shards (shard_ranges) or convert with larger shards"
+        )
+    if max_rows > MAX_ROWS:
+        raise ConfigError(
+            f"{where}: a shard of {max_rows} rows, but a pool entry holds rows below {MAX_ROWS} (32 bits); "
+            f"convert it into smaller shards"
+        )
 
 
 def pack(shard: np.ndarray | int, row: np.ndarray | int, sym: np.ndarray | int = 0) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 
 from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError
-from mmpool.memory import GB, anon_bytes
+from mmpool.memory import GIB, anon_bytes
 from mmpool.pool import IndexPool
 from mmpool.schedule import Segments, plan_epoch
 
@@ -111,7 +111,7 @@ class Plan:
         lines = [
             f"plan for {len(self.dirs)} director{'ies' if len(self.dirs) > 1 else 'y'}: {self.records:,} records "
             f"of {self.itemsize} B in {self.shards:,} shards, {self.packs:,} packs{sym}",
-            f"memory cap {self.max_memory_bytes / GB:.2f} GB, anonymous memory of {who}{ranks}:",
+            f"memory cap {self.max_memory_bytes / GIB:.2f} GiB, anonymous memory of {who}{ranks}:",
             f"  baseline  {_size(self.baseline_bytes)}      ("
             + ("given" if self.baseline_given else "this process, with torch imported")
             + ")",
@@ -131,7 +131,7 @@ class Plan:
             f"{self.batch_size:,} x {self.itemsize} B per gathering process)",
             f"  pool      {_size(self.pool_bytes)}      ({self.pool_entries:,} entries x {ENTRY_BYTES} B; "
             f"refill below {self.refill_threshold:,})",
-            f"  total     {_size(self.expected_bytes)}      of {self.max_memory_bytes / GB:.2f} GB",
+            f"  total     {_size(self.expected_bytes)}      of {self.max_memory_bytes / GIB:.2f} GiB",
         ]
         if self.fits:
             lines.append(
@@ -189,7 +189,7 @@ def plan(
     ``baseline_gb`` None measures this process, with torch imported (a training process imports it anyway).
     """
     if not (isinstance(max_memory_gb, (int, float)) and math.isfinite(max_memory_gb) and max_memory_gb > 0):
-        raise ConfigError(f"max_memory_gb={max_memory_gb!r}: must be a positive number of GB")
+        raise ConfigError(f"max_memory_gb={max_memory_gb!r}: must be a positive number of GiB")
     for name, value, low in (
         ("workers", workers, 0),
         ("batch_size", batch_size, 1),
@@ -202,11 +202,11 @@ def plan(
     if pool_size is not None and (not isinstance(pool_size, (int, np.integer)) or pool_size < 2):
         raise ConfigError(f"pool_size={pool_size!r}: must be an integer >= 2")
     cat = Catalog(dirs, shard_ranges, weights)
-    cap = int(max_memory_gb * GB)
+    cap = int(max_memory_gb * GIB)
     parts = max(1, workers)
     segments, _ = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, world_size * parts)
     mine = segments[:parts]  # rank 0's participants; every rank's are as large, to a row
-    baseline = _baseline() if baseline_gb is None else int(baseline_gb * GB)
+    baseline = _baseline() if baseline_gb is None else int(baseline_gb * GIB)
     batch_bytes = BATCH_BUFFERS * batch_size * cat.schema.itemsize
     worker_bytes = WORKER_BYTES if _pss_counted() else baseline + WORKER_BYTES
     max_pool = max(0, (cap - HEADROOM - baseline - workers * worker_bytes - parts * batch_bytes) // ENTRY_BYTES)
@@ -251,8 +251,8 @@ def plan(
 
 
 def _size(nbytes: int) -> str:
-    """``'  12.3 MB'`` or ``'   4.21 GB'``: ten characters, so the memory lines align."""
-    return f"{nbytes / GB:7.2f} GB" if nbytes >= GB else f"{nbytes / (1 << 20):7.1f} MB"
+    """``'  12.3 MB'`` or ``'   4.21 GiB'``: ten characters, so the memory lines align."""
+    return f"{nbytes / GIB:7.2f} GiB" if nbytes >= GIB else f"{nbytes / (1 << 20):7.1f} MB"
 
 
 def _baseline() -> int:

@@ -25,6 +25,24 @@ MAX_RUNS = 8
 _MOVE_CHUNK = 1 << 20  # entries moved at a time when compacting, bounding numpy's temporary for overlapping copies
 
 
+def participant_pool(pool_size: int, refill_threshold: int | None, workers: int) -> tuple[int, int]:
+    """Capacity and refill threshold of one DataLoader worker's pool: the rank's pool split between its workers
+    (``workers`` is 1 in the main process). ``refill_threshold`` None is the default, 3/4 of the pool."""
+    if refill_threshold is None:
+        refill_threshold = default_threshold(pool_size)
+    return -(-pool_size // workers), -(-refill_threshold // workers)
+
+
+def default_threshold(pool_size: int) -> int:
+    """Refill when the pool is down to 3/4: refills stay small and frequent, the pool stays nearly full."""
+    return max(1, pool_size * 3 // 4)
+
+
+def pool_capacity(capacity: int, positions: int, factor: int) -> int:
+    """Entries a pool really holds: never more than its epoch, and at least one position's symmetries."""
+    return max(factor, min(capacity, positions * factor))
+
+
 class IndexPool:
     """The pool of one participant for one epoch.
 
@@ -44,9 +62,7 @@ class IndexPool:
         self.segments = segments
         self.factor = factor
         self.rng = rng
-        total = segments.positions * factor
-        # At least one position's entries, or a pool smaller than the factor could never be filled.
-        self.capacity = max(factor, min(capacity, total))
+        self.capacity = pool_capacity(capacity, segments.positions, factor)
         self.threshold = min(threshold, self.capacity)
         self.buf = np.empty(self.capacity, dtype=np.uint64)
         self.runs: list[list[int]] = []  # [start, length]; each run uniformly shuffled, consumed from its end
@@ -66,6 +82,27 @@ class IndexPool:
     @property
     def exhausted(self) -> bool:
         return self.size == 0 and not self.data_left
+
+    def live_shards(self) -> np.ndarray:
+        """Mask of the global shards this pool can still hand out: entries pooled, or rows not activated yet."""
+        live = self.outstanding > 0
+        live[self.segments.shard[self.seg :]] = True
+        return live
+
+    def start_read_ahead(self, read_ahead: Callable[[int, int, int], None]) -> None:
+        """End of a fast-forward (which reads nothing): from now on read activated rows ahead, and read ahead now
+        what an uninterrupted stream would have read lately: the most recently activated rows of the segments still
+        pooled, about a pool's worth (not every shard with an entry left)."""
+        self.on_activate = read_ahead
+        segs = self.segments
+        started = self.seg + int(self.data_left and self.row > int(segs.lo[self.seg]))
+        budget = self.capacity // self.factor
+        for i in np.flatnonzero(self.outstanding[segs.shard[:started]] > 0)[::-1]:
+            if budget <= 0:
+                break
+            lo, hi = int(segs.lo[i]), int(segs.hi[i]) if i < self.seg else self.row
+            read_ahead(int(segs.shard[i]), max(lo, hi - budget), hi)
+            budget -= hi - lo
 
     def shards_fully_activated(self) -> np.ndarray:
         """Global ids of shards whose rows (for this participant) have all entered the pool."""

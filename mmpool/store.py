@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mmpool.catalog import Catalog, PackRef
-from mmpool.errors import ShardError
+from mmpool.errors import ConfigError, ShardError
 from mmpool.format import HDF5_DATASET
 from mmpool.packing import row_of, shard_of
 
@@ -101,8 +101,8 @@ class ShardStore:
     """Random access to the records of a catalog, batch by batch."""
 
     def __init__(self, catalog: Catalog, max_open_packs: int = 64) -> None:
-        if max_open_packs < 1:
-            raise ShardError(f"max_open_packs={max_open_packs}: must be at least 1")
+        if not isinstance(max_open_packs, (int, np.integer)) or isinstance(max_open_packs, bool) or max_open_packs < 1:
+            raise ConfigError(f"max_open_packs={max_open_packs!r}: must be an integer >= 1")
         self.catalog = catalog
         self.dtype = catalog.schema.dtype
         self.itemsize = catalog.schema.itemsize
@@ -166,7 +166,7 @@ class ShardStore:
     def gather(self, packed: np.ndarray) -> dict[str, np.ndarray]:
         """Field arrays (views into one gathered block) of packed pool entries, in the order given."""
         records = self.gather_rows(shard_of(packed), row_of(packed))
-        return {name: records[name] for name in self.dtype.names}
+        return {f.name: records[f.name] for f in self.catalog.schema.fields}
 
     def prefetch(self, shard: int, first: int, stop: int) -> None:
         """Read rows ``first..stop-1`` of a shard ahead of the random gathers that follow (cold page cache)."""
@@ -177,9 +177,14 @@ class ShardStore:
         except OSError as exc:  # advice only: never fail a stream over it
             log.debug("madvise failed on %s: %s", cat.describe_shard(shard), exc)
 
-    def release(self, pack: int) -> None:
-        """Unmap a pack the stream no longer needs."""
-        self._open.pop(int(pack), None)
+    def keep_only(self, live_shards: np.ndarray) -> None:
+        """Unmap the packs none of whose shards is live (``live_shards``: a mask over the catalog's shards)."""
+        if not self._open:
+            return
+        needed = np.zeros(len(self.catalog.packs), dtype=bool)
+        needed[self.catalog.shard_pack[live_shards]] = True
+        for p in [p for p in self._open if not needed[p]]:
+            del self._open[p]
 
     @property
     def open_packs(self) -> int:

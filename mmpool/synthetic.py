@@ -96,7 +96,7 @@ def write_legacy_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
             # File objects: np.save/np.savez would otherwise append their own suffix to tmp.
             with open(tmp, "wb") as fp:
                 if suffix == ".npz":
-                    np.savez(fp, **arrays)
+                    np.savez(fp, **arrays)  # type: ignore[arg-type]  # numpy's stub: a key could be allow_pickle
                 elif suffix == ".npy":
                     dtype = np.dtype([(k, a.dtype, a.shape[1:]) for k, a in arrays.items()], align=True)
                     record = np.empty(rows, dtype=dtype)

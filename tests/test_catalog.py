@@ -163,13 +163,17 @@ def test_schema_mismatch_between_dirs(dirs: list[Path], tmp_path: Path) -> None:
     assert "planes           uint8    (3, 8, 8)" in str(err.value)
 
 
-def test_missing_manifest(tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ShardError) as err:
-        Catalog([tmp_path / "empty"])
+@pytest.mark.parametrize("made", [True, False])
+def test_a_missing_or_unconverted_directory_is_a_config_error(tmp_path: Path, made: bool) -> None:
+    """One error type wherever a directory is given: the catalog, and so the dataset, plan and the CLI."""
+    d = tmp_path / "empty"
+    if made:
+        d.mkdir()
+    with pytest.raises(ConfigError) as err:
+        Catalog([d])
+    what = "has no mmpool.json" if made else "does not exist"
     assert str(err.value) == (
-        f"{tmp_path / 'empty'} has no mmpool.json: it is not a converted directory. "
-        f"Convert its shards first: mmpool convert SRC {tmp_path / 'empty'}"
+        f"data_dirs: {d} {what}: it is not a converted directory; convert its shards first: mmpool convert SRC {d}"
     )
 
 

@@ -169,10 +169,10 @@ def test_set_epoch_picks_up_new_shards(tmp_path: Path, caplog: pytest.LogCapture
     ds = make(dsts)
     assert len(ids_of(ds)) == PER_EPOCH
     add_shards(srcs[1], dsts[1], [3], rows=700, d=1)
-    assert len(ids_of(ds)) == PER_EPOCH  # no set_epoch: the same epoch again, with the same shards
-    ds.set_epoch(1)
+    ids = ids_of(ds)  # no set_epoch: the next iteration is epoch 1, with the new shard
     assert f"{dsts[1]}: 1 new shards (3) join from epoch 1" in caplog.text
-    ids = ids_of(ds)
     assert len(ids) == PER_EPOCH + 700 and np.count_nonzero(shard_of_id(ids) == 1003) == 700
+    ds.set_epoch(1)
+    assert np.array_equal(ids_of(ds), ids)
     assert np.allclose(ds.catalog.weights, [6 / 10, 4 / 10])
     assert np.allclose(np.array(ds.stats().targets) / ds.stats().examples, [0.6, 0.4])

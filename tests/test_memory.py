@@ -16,7 +16,7 @@ from conftest import Data
 
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError, MemoryLimitExceeded
-from mmpool.memory import GB, anon_bytes
+from mmpool.memory import GIB, anon_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 BALLAST_MB = 600
@@ -27,13 +27,13 @@ import numpy as np
 from torch.utils.data import DataLoader
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import MemoryLimitExceeded
-from mmpool.memory import GB, anon_bytes
+from mmpool.memory import GIB, anon_bytes
 
 workers = int(sys.argv[1])
 dirs = sys.argv[2:]
 pool_size = 4000
 # Room for what this process uses now, the pool, and 300 MB of slack: less than the ballast below.
-cap_gb = (anon_bytes() + pool_size * 8 + 300 * 2**20) / GB
+cap_gb = (anon_bytes() + pool_size * 8 + 300 * 2**20) / GIB
 print(f"CAP {cap_gb:.4f} PID {os.getpid()}", flush=True)
 ds = StreamingMixedShardDataset(dirs, pool_size=pool_size, batch_size=50, random_seed=0, max_memory_gb=cap_gb,
                                 memory_check_interval=0)
@@ -85,17 +85,18 @@ def run_child(children: dict[int, tuple[int, str, str]], workers: int) -> tuple[
 
 
 def check_report(out: str, cap_gb: float, roles: list[str], main_pid: int, main_role: str) -> None:
-    m = re.search(r"memory cap exceeded: ([\d.]+) GB of anonymous memory counted against max_memory_gb=([\d.]+)", out)
+    m = re.search(r"memory cap exceeded: ([\d.]+) GiB of anonymous memory counted against max_memory_gb=([\d.]+)", out)
     assert m, out
     counted, cap = float(m.group(1)), float(m.group(2))
     assert abs(cap - cap_gb) < 0.01 and counted > cap
     assert counted >= BALLAST_MB / 1024  # the ballast is counted
     assert "anonymous (counted)" in out and "file-backed (page cache, not counted)" in out
-    rows = re.findall(r"^\s+(this process|main|worker)\s+(\d+)\s+([\d.]+) GB\s+([\d.]+) GB\s*$", out, re.M)
+    rows = re.findall(r"^\s+(this process|main|worker)\s+(\d+)\s+([\d.]+) GiB\s+([\d.]+) GiB\s*$", out, re.M)
     assert sorted({r[0] for r in rows}) == sorted(set(roles)), out
     assert (main_role, str(main_pid)) in {(r[0], r[1]) for r in rows}, out
     assert sum(float(r[2]) for r in rows) == pytest.approx(counted, abs=0.01 * len(rows))
-    assert "pool: " in out and "entries of" in out  # the pool context
+    assert "mmpool's own memory in this process: pool " in out and "batch buffers" in out  # the pool context
+    assert "the cap counts the whole training process and its DataLoader workers" in out
     assert "max_memory_gb" in out.split("fix:")[1] and "pool_size" in out.split("fix:")[1]
 
 
@@ -118,15 +119,15 @@ def test_a_pool_that_cannot_fit_is_refused_before_anything_is_allocated(two_dirs
     before = anon_bytes()
     t0 = time.perf_counter()
     with pytest.raises(ConfigError) as exc:
-        StreamingMixedShardDataset(two_dirs.dirs, pool_size=1_000_000_000, max_memory_gb=(before + GB) / GB)
+        StreamingMixedShardDataset(two_dirs.dirs, pool_size=1_000_000_000, max_memory_gb=(before + GIB) / GIB)
     assert time.perf_counter() - t0 < 5
     assert anon_bytes() - before < 100 * 2**20  # the 8 GB pool was never allocated
     msg = str(exc.value)
     assert "pool_size=1000000000" in msg and "max_memory_gb=" in msg
     fits = int(re.search(r"largest pool that fits is about (\d+)", msg).group(1))
-    assert 0 < fits < (GB + 2**27) // 8
+    assert 0 < fits < (GIB + 2**27) // 8
     # The size it names does fit.
-    StreamingMixedShardDataset(two_dirs.dirs, pool_size=fits // 2, max_memory_gb=(before + GB) / GB)
+    StreamingMixedShardDataset(two_dirs.dirs, pool_size=fits // 2, max_memory_gb=(before + GIB) / GIB)
 
 
 def test_the_memory_exception_is_a_memory_error() -> None:

@@ -17,7 +17,7 @@ from mmpool.cli import main
 from mmpool.convert import convert
 from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError
-from mmpool.memory import GB, anon_bytes
+from mmpool.memory import GIB, anon_bytes
 from mmpool.plan import Plan, plan
 from mmpool.synthetic import make_synthetic
 
@@ -117,9 +117,10 @@ def test_mapped_window_matches_the_store(dirs: list[Path], pool_size: int, facto
         augmentation=Dihedral() if factor > 1 else None,
     )
     widest, packs = 0, 0
-    for _ in ds:
-        widest = max(widest, ds.store.mapped_bytes)
-        packs = max(packs, ds.store.open_packs)
+    it = iter(ds)
+    for _ in it:
+        widest = max(widest, it.store.mapped_bytes)
+        packs = max(packs, it.store.open_packs)
     assert close(p.window_mapped_bytes, widest)
     assert abs(p.window_packs - packs) <= max(1, 0.2 * packs)
     assert p.window_shard_bytes <= p.window_mapped_bytes  # shards live inside the packs mapped
@@ -128,7 +129,7 @@ def test_mapped_window_matches_the_store(dirs: list[Path], pool_size: int, facto
 
 
 def test_pool_that_fits_is_accepted_and_a_larger_one_refused(dirs: list[Path]) -> None:
-    cap_gb = (anon_bytes() + (512 << 20)) / GB
+    cap_gb = (anon_bytes() + (512 << 20)) / GIB
     p = plan(dirs, cap_gb, batch_size=256)
     assert p.max_pool_size > 40_000_000  # ~0.45 GB of indices
     assert p.pool_size == 240_000 and p.fits  # by default the largest useful pool: one epoch
@@ -181,7 +182,7 @@ def test_plan_command(dirs: list[Path], capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_bad_arguments(dirs: list[Path]) -> None:
-    with pytest.raises(ConfigError, match=r"max_memory_gb=0: must be a positive number of GB"):
+    with pytest.raises(ConfigError, match=r"max_memory_gb=0: must be a positive number of GiB"):
         plan(dirs, 0)
     with pytest.raises(ConfigError, match=r"workers=-1: must be an integer >= 0"):
         plan(dirs, 5, workers=-1)

@@ -83,13 +83,13 @@ dirs, limit, runs = sys.argv[1:3], int(sys.argv[3]), json.loads(sys.argv[4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 for max_open, workers in runs:
     ds = StreamingMixedShardDataset(dirs, pool_size=6000, batch_size=64, random_seed=3, max_open_packs=max_open)
-    loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+    loader = iter(ds) if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
     ids, most, most_worker, mapped = [], 0, 0, 0
     try:
         for batch in loader:
             ids.append(batch["id"].numpy().copy())  # a copy: a shared tensor from a worker holds a descriptor
             most = max(most, fd_count())
-            mapped = max(mapped, ds.store.open_packs)
+            mapped = max(mapped, loader.store.open_packs if workers == 0 else 0)
             for child in psutil.Process().children():
                 try:
                     most_worker = max(most_worker, child.num_fds())
@@ -151,8 +151,10 @@ def cold_data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_dataset_reads_ahead_every_row_entering_the_pool(cold_data: list[Path], monkeypatch) -> None:
     ds = StreamingMixedShardDataset(cold_data, pool_size=5000, batch_size=128, random_seed=1)
     calls: list[tuple[int, int, int]] = []
-    real = ds.store.prefetch
-    monkeypatch.setattr(ds.store, "prefetch", lambda s, lo, hi: (calls.append((s, lo, hi)), real(s, lo, hi)))
+    real = ShardStore.prefetch
+    monkeypatch.setattr(
+        ShardStore, "prefetch", lambda self, s, lo, hi: (calls.append((s, lo, hi)), real(self, s, lo, hi))
+    )
     it = iter(ds)
     next(it)
     assert calls  # the first fill read its rows ahead before the first batch

@@ -1,0 +1,348 @@
+"""StreamIterator: one iteration over a StreamingMixedShardDataset, owning everything that iteration uses.
+
+The dataset is configuration; each ``iter(dataset)`` builds a StreamIterator that owns its pool, its store
+(the mapped packs), its memory guard and its position. Two live iterators never disturb each other, and an
+iterator that is closed, exhausted, or dropped (a loop left early) unmaps its packs at once.
+
+Follow one batch through ``_Stream._batch``: ``IndexPool.draw`` hands out packed ``(shard, row, symmetry)``
+entries; ``ShardStore.gather`` copies their records out of the mapped packs; the augmentation transforms them by
+symmetry id; the user's ``transform`` runs; the fields become torch tensors. Everything before the gather is
+index work only, which is why a resume's fast-forward is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from mmpool.catalog import Catalog
+from mmpool.memory import GIB, MemoryGuard
+from mmpool.packing import ENTRY_BYTES, shard_of, sym_of
+from mmpool.pool import IndexPool, participant_pool
+from mmpool.schedule import plan_epoch
+from mmpool.stats import Slot
+from mmpool.store import ShardStore
+
+if TYPE_CHECKING:
+    from mmpool.dataset import StreamingMixedShardDataset
+
+log = logging.getLogger("mmpool")
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Position:
+    """Where an iteration is: the epoch it is in, the epoch it started at, items yielded in this epoch, and which
+    DataLoader worker of how many runs it (0 of 0 in the main process). The PROGRESS_KEYS of a state."""
+
+    epoch: int
+    start: int
+    items: int
+    worker: int
+    num_workers: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "start": self.start,
+            "items": self.items,
+            "worker": self.worker,
+            "num_workers": self.num_workers,
+        }
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Who iterates: rank of world_size, DataLoader worker of workers (0 of 1 in the main process)."""
+
+    rank: int
+    world_size: int
+    worker: int
+    workers: int
+    in_worker: bool
+
+    @property
+    def index(self) -> int:
+        return self.rank * self.workers + self.worker
+
+    @property
+    def count(self) -> int:
+        return self.world_size * self.workers
+
+
+class StreamIterator(Iterator[Batch]):
+    """The iterator ``iter(StreamingMixedShardDataset)`` returns: batches (or single examples) of one iteration.
+
+    ``close()`` (also ``with``-statement exit, the end of the stream, or dropping the iterator) unmaps the packs.
+    ``position`` tells where it is; ``store`` and ``pool`` are the live resources. The iteration claims its epoch
+    when the first item is asked for, not when the iterator is made: an iterator made and never used (torchdata's
+    StatefulDataLoader makes some) does not use up an epoch. Until then ``position`` is None.
+    """
+
+    def __init__(
+        self,
+        dataset: StreamingMixedShardDataset,
+        who: Participant,
+        begin: Callable[[], tuple[Catalog, Position]],
+        slot: Slot,
+        refresh: Callable[[int, Catalog], Catalog] | None,
+    ) -> None:
+        self._stream = _Stream(dataset, who, begin, slot, refresh)
+        # The generator references the _Stream, never this object: dropping the iterator frees the generator at
+        # once, which runs its ``finally`` and unmaps the packs (no reference cycle waiting for the GC).
+        self._gen = self._stream.run()
+
+    def __iter__(self) -> StreamIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop the iteration and release its mappings (idempotent)."""
+        self._gen.close()
+
+    def __enter__(self) -> StreamIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def position(self) -> Position | None:
+        return self._stream.position
+
+    @property
+    def store(self) -> ShardStore:
+        return self._stream.store
+
+    @property
+    def pool(self) -> IndexPool | None:
+        return self._stream.pool
+
+
+class _Stream:
+    """The state and the loop of one iteration (see StreamIterator)."""
+
+    def __init__(
+        self,
+        ds: StreamingMixedShardDataset,
+        who: Participant,
+        begin: Callable[[], tuple[Catalog, Position]],
+        slot: Slot,
+        refresh: Callable[[int, Catalog], Catalog] | None,
+    ) -> None:
+        self.ds = ds
+        self.who = who
+        self.begin = begin  # claims the epoch and the catalog, at the first item
+        self.slot = slot
+        self.refresh = refresh  # reads new shards between epochs (main process only), None where it must not
+        self.catalog = ds.catalog
+        self.position: Position | None = None
+        self.store = ShardStore(ds.catalog, ds.max_open_packs)
+        self.guard = MemoryGuard(int(ds.max_memory_gb * GIB), ds.memory_check_interval, in_worker=who.in_worker)
+        self.pool: IndexPool | None = None
+        self.augment = ds.augmentation if ds.enable_augmentation else None
+        self.step = ds.batch_size or ds.chunk_size
+
+    def run(self) -> Generator[Batch, None, None]:
+        ds = self.ds
+        catalog, pos = self.begin()
+        self.position = pos
+        self._use_catalog(catalog)
+        try:
+            skip = pos.items
+            while ds.num_epochs is None or pos.epoch < pos.start + ds.num_epochs:
+                yield from self._epoch(skip)
+                skip = 0
+                pos.epoch, pos.items = pos.epoch + 1, 0
+                if self.refresh is not None and (ds.num_epochs is None or pos.epoch < pos.start + ds.num_epochs):
+                    self._use_catalog(self.refresh(pos.epoch, self.catalog))
+        finally:
+            self.pool = None
+            self.store.close()
+
+    def _use_catalog(self, catalog: Catalog) -> None:
+        if catalog is not self.catalog:
+            self.store.close()
+            self.catalog = catalog
+            self.store = ShardStore(catalog, self.ds.max_open_packs)
+
+    def _epoch(self, skip: int) -> Generator[Batch, None, None]:
+        ds, cat, who, pos = self.ds, self.catalog, self.who, self.position
+        assert pos is not None
+        plans, quota = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, who.count, ds.max_examples_unaugmented)
+        total = int(cat.shard_rows.sum())
+        if ds.max_examples_unaugmented is not None:
+            total = min(total, ds.max_examples_unaugmented)
+        dropped = total - quota * who.count
+        if dropped and who.index == 0:
+            log.warning(
+                "epoch %d: dropping %d of %d positions so that all %d ranks x %d workers yield the same "
+                "number of examples",
+                pos.epoch,
+                dropped,
+                total,
+                who.world_size,
+                who.workers,
+            )
+        rng = np.random.default_rng(np.random.SeedSequence([ds.random_seed, pos.epoch, who.index, who.count]))
+        capacity, threshold = participant_pool(ds.pool_size, ds.refill_threshold, who.workers)
+        # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
+        read_ahead = self._read_ahead if ds.prefetch else None
+        pool = self.pool = IndexPool(
+            plans[who.index], capacity, threshold, ds.factor, rng, cat.num_shards, None if skip else read_ahead
+        )
+        self.slot.start_epoch(pos.epoch, dropped if who.index == 0 else 0)
+        self.guard.check(self._context, force=True)  # over the cap already: say so before building anything
+        t0 = time.perf_counter()
+        self._refill()
+        log.info(
+            "epoch %d: pool of %d entries built in %.2fs (participant %d of %d)",
+            pos.epoch,
+            pool.size,
+            time.perf_counter() - t0,
+            who.index,
+            who.count,
+        )
+        per_item = ds.batch_size is not None
+        items, step = 0, self.step
+        while True:
+            packed = pool.draw(step)
+            while len(packed) < step and pool.data_left:  # the pool held less than a batch: refill, complete it
+                self._refill()
+                packed = np.concatenate([packed, pool.draw(step - len(packed))])
+            if pool.on_activate is None and read_ahead is not None and items + (1 if per_item else len(packed)) > skip:
+                pool.start_read_ahead(read_ahead)  # the fast-forward is over
+            if pool.size < pool.threshold and pool.data_left:
+                self._refill(force_check=items >= skip)
+            if len(packed) == 0 or (ds.drop_last and per_item and len(packed) < step):
+                break
+            if per_item:
+                items += 1
+                if items > skip:  # a fast-forward replays index work only
+                    batch = self._batch(packed)
+                    pos.items = items
+                    self.guard.check(self._context)
+                    yield batch
+                continue
+            if items + len(packed) <= skip:
+                items += len(packed)
+                continue
+            batch = self._batch(packed)
+            for i in range(max(0, skip - items), len(packed)):
+                pos.items = items + i + 1
+                yield {k: v[i] for k, v in batch.items()}
+            items += len(packed)
+            self.guard.check(self._context)
+        self.slot.update_pool(pool)
+        self.slot.set_peak(self.guard.peak)
+        self.pool = None
+        self.store.close()
+
+    def _batch(self, packed: np.ndarray) -> Batch:
+        """pool entries -> records (store) -> augmentation -> transform -> tensors."""
+        fields = self.store.gather(packed)
+        if self.augment is not None:
+            fields = self.augment.apply(fields, sym_of(packed))
+        if self.ds.transform is not None:
+            fields = self.ds.transform(fields)
+        cat = self.catalog
+        self.slot.count(np.bincount(cat.shard_dir[shard_of(packed)], minlength=cat.num_dirs))
+        if self.who.in_worker:
+            return as_tensors(fields)
+        return {
+            k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in fields.items()
+        }
+
+    def _refill(self, force_check: bool = True) -> None:
+        """Top the pool up; ``force_check=False`` (a fast-forward) checks memory only at the guard's interval."""
+        pool = self.pool
+        assert pool is not None
+        t0 = time.perf_counter()
+        added = pool.fill()
+        self.store.keep_only(pool.live_shards())
+        self.slot.update_pool(pool)
+        used = self.guard.check(self._context, force=force_check)
+        self.slot.set_peak(self.guard.peak)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "refill: +%d entries in %.3fs, pool %d/%d, shards activated %d, memory %.2f GiB, shares %s",
+                added,
+                time.perf_counter() - t0,
+                pool.size,
+                pool.capacity,
+                pool.activated_shards,
+                used / GIB,
+                self.slot.shares(self.catalog.weights),
+            )
+
+    def _read_ahead(self, shard: int, lo: int, hi: int) -> None:
+        """Rows ``lo..hi-1`` of a shard entered the pool: read them ahead (cold page cache) and log it."""
+        self.store.prefetch(shard, lo, hi)
+        log.info("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
+
+    def _context(self) -> str:
+        """mmpool's own share of the memory counted, for the memory report."""
+        pool = self.pool
+        entries = pool.capacity if pool is not None else participant_pool(self.ds.pool_size, None, self.who.workers)[0]
+        batch = self.ds.batch_buffer_bytes()
+        return (
+            f"mmpool's own memory in this process: pool {entries} entries x {ENTRY_BYTES} B = "
+            f"{entries * ENTRY_BYTES / GIB:.3f} GiB, batch buffers ~{batch / GIB:.3f} GiB; "
+            f"pool holds {pool.size if pool is not None else 0} entries, shards active "
+            f"{pool.activated_shards if pool is not None else 0}; packs mapped {self.store.open_packs} "
+            f"({self.store.mapped_bytes / GIB:.2f} GiB of address space, page cache, not counted)"
+        )
+
+
+def as_tensors(fields: dict[str, Any]) -> Batch:
+    """Contiguous copies of the fields as torch tensors that are views of ONE buffer (used in DataLoader workers).
+
+    A worker hands each storage to the main process through a file-descriptor handshake of its own, the largest
+    per-batch cost there: one storage per batch instead of one per field makes a worker several times faster.
+    In the main process the plain per-field copies are cheaper (fewer torch calls).
+    """
+    arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in fields.items()}
+    offsets, size = [], 0
+    for v in arrays.values():
+        size = -(-size // 64) * 64  # every field starts 64-byte aligned
+        offsets.append(size)
+        size += v.nbytes
+    raw = np.empty(-(-size // 64) * 64, dtype=np.uint8)
+    buf = torch.from_numpy(raw)
+    typed: dict[torch.dtype, torch.Tensor] = {}  # the whole buffer viewed as each dtype needed
+    out = {}
+    for (name, v), at in zip(arrays.items(), offsets):
+        np.copyto(raw[at : at + v.nbytes].view(v.dtype).reshape(v.shape), v)
+        dtype = _torch_dtype(v.dtype)
+        whole = typed.get(dtype)
+        if whole is None:
+            whole = typed[dtype] = buf.view(dtype)
+        out[name] = whole.as_strided(v.shape, _contiguous_strides(v.shape), at // v.itemsize)
+    return out
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return strides[::-1]
+
+
+_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    found = _TORCH_DTYPES.get(dtype)
+    if found is None:
+        found = _TORCH_DTYPES[dtype] = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    return found
