@@ -14,6 +14,7 @@ The synthetic ids ``(dir << 40) | (shard << 20) | row`` tell which shard each ex
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,9 +25,12 @@ from tqdm import tqdm
 
 from mmpool.errors import ConfigError, MmpoolError
 
+log = logging.getLogger("mmpool")
+
 DEMO_MARKER = ".mmpool-demo"  # marks a directory the demo made, so it only ever deletes its own
 DATA_VERSION = 1
 PNG_NAME = "mixing.png"
+NO_PICTURE = 'none (pip install "mmpool[demo]" to draw it)'
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class DemoSummary:
     max_memory_gb: float
     loss_start: float
     loss_end: float
-    png: Path
+    png: Path | None  # None: matplotlib is not installed, no picture drawn
 
     def __str__(self) -> str:
         names = [Path(d).name for d in self.dirs]
@@ -84,7 +88,7 @@ class DemoSummary:
                 f"workers, as the {self.max_memory_gb:g} GB cap counts it)",
                 f"  loss (policy + value):       {self.loss_start:.2f} -> {self.loss_end:.2f} "
                 "(mean of the first and of the last 10% of batches)",
-                f"  picture:                     {self.png}",
+                f"  picture:                     {self.png or NO_PICTURE}",
             ]
         )
 
@@ -119,12 +123,14 @@ def run_demo(
         raise ConfigError(f"scale {scale!r}: use one of {', '.join(SCALES)}")
     sc = SCALES[scale]
     root = demo_root(Path(root), fresh)
+    drawing = _can_draw()
     t0 = time.perf_counter()
     dirs, reused = demo_data(root, sc, seed, progress)
     data_seconds = time.perf_counter() - t0
     run = _train(dirs, sc, augment, workers, seed, max_memory_gb, progress)
-    png = root / PNG_NAME
-    _picture(png, run, [d.name for d in dirs])
+    png = root / PNG_NAME if drawing else None
+    if png is not None:
+        _picture(png, run, [d.name for d in dirs])
     return DemoSummary(
         dirs=[str(d) for d in dirs],
         reused=reused,
@@ -336,6 +342,21 @@ def _distinct_per_batch(stream: np.ndarray, batch: int) -> float:
 
 
 # --------------------------------------------------------------------------- picture
+
+
+def _can_draw() -> bool:
+    """Whether matplotlib (the optional "demo" extra) is there; said before training starts, not after."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return True
+    log.warning(
+        "matplotlib is not installed: the demo trains and prints its summary but draws no picture; "
+        'pip install "mmpool[demo]" for the picture'
+    )
+    return False
 
 
 def _picture(path: Path, run: dict, names: list[str]) -> None:

@@ -102,3 +102,26 @@ def test_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "precious" and not (tmp_path / DEMO_MARKER).exists()
     with pytest.raises(ConfigError, match="scale 'huge': use one of small, tiny"):
         run_demo(tmp_path / "new", scale="huge")
+
+
+def test_without_matplotlib_the_demo_says_so_before_training_and_still_trains(tmp_path: Path) -> None:
+    """After a plain ``pip install`` (no extras) the demo must not die at its last step."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # as if it were not installed
+        "from mmpool.cli import main\n"
+        f"sys.exit(main(['demo', '--dir', {str(tmp_path / 'demo')!r}, '--scale', 'tiny', '--quiet', '-v']))\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warning = 'pip install "mmpool[demo]"'
+    assert warning in proc.stderr
+    # Said before training starts: before the first pool is built (logged at -v).
+    assert "pool of" in proc.stderr and proc.stderr.index(warning) < proc.stderr.index("pool of")
+    assert "distinct shards per batch" in proc.stdout
+    assert "  picture:                     none" in proc.stdout
+    assert not (tmp_path / "demo" / PNG_NAME).exists()
