@@ -326,8 +326,9 @@ def convert(
         new, numbering = _game_plans(src, dst, files, old, order, rows_per_shard)
     else:
         new, numbering = _legacy_plans(src, files, old, order)
-    converted = len(old.shards) if old else 0
-    log.info("%s: %d shards already converted, %d to convert (numbering %s)", src, converted, len(new), numbering)
+    # Converted inputs still there: legacy files by name; for games, the shards already in the manifest.
+    converted = (len(files) - len(new)) if not games else (len(old.shards) if old else 0)
+    log.info("%s: %d shards, %d already converted, %d to convert", src, converted + len(new), converted, len(new))
     if not new:
         dst.mkdir(parents=True, exist_ok=True)
         _tidy(dst, old)
