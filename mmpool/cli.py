@@ -193,8 +193,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    # The suite lives in the repository's tools/ (next to this package in a checkout or editable install).
-    import importlib.util
+    # The suite lives in the repository's tools/ (next to this package in a checkout or editable install); run as
+    # a script, it finds its sibling modules (benchdata) on the path Python gives a script.
+    import subprocess
 
     script = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
     if not script.is_file():
@@ -202,11 +203,8 @@ def _bench(args: argparse.Namespace) -> int:
             f"{script} not found: the benchmarks ship with the source repository; "
             "run `mmpool bench` from a checkout (pip install -e .)"
         )
-    spec = importlib.util.spec_from_file_location("mmpool_bench_suite", script)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
     argv = ["--scale", args.scale, "--out", args.out] + (["--data", args.data] if args.data else [])
-    return int(module.main(argv + (["--only", *args.only] if args.only else [])))
+    return subprocess.call([sys.executable, str(script), *argv, *(["--only", *args.only] if args.only else [])])
 
 
 # --------------------------------------------------------------------------- main

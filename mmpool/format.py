@@ -364,11 +364,12 @@ class PackWriter:
 
 
 def to_records(dtype: np.dtype, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Records of ``dtype`` from one array per field (rows first)."""
+    """Records of ``dtype`` from one array per field (rows first); fields not given stay zero."""
     # zeros, not empty: padding bytes between fields are covered by the crc and must be reproducible.
     records = np.zeros(len(next(iter(arrays.values()))), dtype=dtype)
     for name in dtype.names or ():
-        records[name] = arrays[name]
+        if name in arrays:
+            records[name] = arrays[name]
     return records
 
 
