@@ -121,7 +121,7 @@ class _PackReader:
             hi = min(stop, lo + step)
             buf = np.zeros(hi - lo, dtype=self.dset.dtype)  # zeros: padding bytes as the converter wrote them
             self.dset.read_direct(buf, np.s_[lo:hi])
-            yield memoryview(buf.view(np.uint8).reshape(-1))
+            yield memoryview(buf.view(np.uint8).reshape(-1).data)
 
     def close(self) -> None:
         if self._file is not None:

@@ -30,6 +30,9 @@ Optional keys, written only when they apply (a manifest without them is read as 
   ["a.tar/g2.gz", 118], ...]}, ...]}``, the input file of each of a shard's rows as (name, first row inside
   the shard). It is written (atomically) before the manifest names it.
 
+The converter's options that shape these keys (``--recursive``, ``--order``, ``--like``, ``--pad``, ``--fill``,
+``--drop``, ``--rows-per-shard``) are described in ``mmpool.convert.convert`` and the README's converter section.
+
 Readers that predate these keys refuse a manifest holding ``adapted`` or ``sources`` as malformed rather than
 misread it; the format version stays 1.
 
@@ -363,8 +366,13 @@ class PackWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def to_records(dtype: np.dtype, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Records of ``dtype`` from one array per field (rows first); fields not given stay zero."""
+def to_records(dtype: np.dtype, arrays: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    """Records of ``dtype`` from one array per field (rows first; fields not given stay zero), or records
+    already in ``dtype`` (their padding bytes must be zero: they are part of the crc)."""
+    if isinstance(arrays, np.ndarray):
+        if arrays.dtype != dtype:
+            raise ShardError(f"records of dtype {arrays.dtype} given for a pack of {dtype}")
+        return np.ascontiguousarray(arrays)
     # zeros, not empty: padding bytes between fields are covered by the crc and must be reproducible.
     records = np.zeros(len(next(iter(arrays.values()))), dtype=dtype)
     for name in dtype.names or ():
@@ -374,9 +382,14 @@ def to_records(dtype: np.dtype, arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def write_pack(
-    path: Path, kind: PackKind, schema: Schema, rows: int, shards: Iterable[tuple[int, str, dict[str, np.ndarray]]]
+    path: Path,
+    kind: PackKind,
+    schema: Schema,
+    rows: int,
+    shards: Iterable[tuple[int, str, dict[str, np.ndarray] | np.ndarray]],
 ) -> tuple[PackEntry, list[ShardEntry]]:
-    """Write and commit one pack of ``rows`` records from shards ``(number, source, {field: array})``, in order.
+    """Write and commit one pack of ``rows`` records from shards ``(number, source, {field: array} or records)``,
+    in order.
 
     Returns the pack's entry and its shards' entries (``pack`` = 0: the caller places the pack in its manifest).
     The pack exists under its final name only when every shard was written; on any error it is removed.
