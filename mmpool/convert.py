@@ -340,6 +340,11 @@ def convert(
     # Converted inputs still there: legacy files by name; for games, the shards already in the manifest.
     converted = (len(files) - len(new)) if not games else (len(old.shards) if old else 0)
     log.info("%s: %d shards, %d already converted, %d to convert", src, converted + len(new), converted, len(new))
+    if new:
+        how = (
+            "the last integer of each file name" if numbering == "last-integer" else f"{numbering.split(':')[1]} order"
+        )
+        log.info("%s: shard numbers %d.. given by %s (numbering %s)", src, new[0].number, how, numbering)
     if not new:
         dst.mkdir(parents=True, exist_ok=True)
         _tidy(dst, old)
