@@ -118,7 +118,10 @@ class Catalog:
         for d, m in zip(self.dirs[1:], self.manifests[1:]):
             if m.schema != first:
                 raise ConfigError(
-                    f"{d} and {self.dirs[0]} have different record schemas and cannot be mixed:\n"
+                    f"{d} and {self.dirs[0]} have different record schemas and cannot be mixed "
+                    f"({_differences(first, m.schema)}). Convert one of them again to the other's schema: "
+                    f"mmpool convert SRC NEWDIR --like {self.dirs[0]} with --pad FIELD (shorter last axis), "
+                    f"--fill FIELD=VALUE (missing field) or --drop FIELD (extra field) as needed.\n"
                     f"{self.dirs[0]}:\n{first.describe()}\n{d}:\n{m.schema.describe()}"
                 )
         return first
@@ -138,6 +141,18 @@ class Catalog:
                     f"weights={list(weights)!r}: give one positive finite number per directory ({self.num_dirs})"
                 )
         return w / w.sum()
+
+
+def _differences(a: Schema, b: Schema) -> str:
+    """The fields two schemas disagree on, for messages."""
+    sa, sb = a.field_specs(), b.field_specs()
+    out = []
+    for name in [*sa, *(n for n in sb if n not in sa)]:
+        if sa.get(name) != sb.get(name):
+            left = f"{sa[name][0].name} {sa[name][1]}" if name in sa else "missing"
+            right = f"{sb[name][0].name} {sb[name][1]}" if name in sb else "missing"
+            out.append(f"{name!r}: {left} vs {right}")
+    return "; ".join(out) or "same fields at other offsets"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmpool.errors import ShardError
-from mmpool.format import HDF5_DATASET, Manifest, PackEntry, ShardEntry, check_pack_file, read_manifest
+from mmpool.format import HDF5_DATASET, Manifest, PackEntry, ShardEntry, check_pack_file, read_manifest, read_sources
 from mmpool.ranges import to_range
 
 CHUNK_BYTES = 16 << 20  # per read: large enough for sequential speed, small enough to keep memory flat
@@ -34,8 +34,38 @@ def inspect_dirs(dirs: Sequence[str | Path]) -> str:
             f"  packs: {len(m.packs)}",
             *(f"    {p.file}  {p.rows:,} records  {p.bytes:,} bytes" for p in m.packs),
         ]
+        lines.append(f"  numbering: {m.numbering}")
+        lines += _adaptations(m)
+        lines += _sources(Path(d), m)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _adaptations(m: Manifest) -> list[str]:
+    """One line per adaptation (pad, fill, drop) and the shards it was applied to."""
+    by_step: dict[str, list[int]] = {}
+    for s in m.shards:
+        for step in s.adapted:
+            by_step.setdefault(step, []).append(s.number)
+    if not by_step:
+        return []
+    return ["  adapted to the schema:", *(f"    {step}: shards {to_range(n)}" for step, n in by_step.items())]
+
+
+def _sources(d: Path, m: Manifest) -> list[str]:
+    """The number <-> source map: one line per shard, its source file (or its games and their first rows)."""
+    parts = read_sources(d, m)
+    lines = ["  shard sources (number: source):"]
+    for s in m.shards:
+        games = parts.get(s.number)
+        if games:
+            sidecar = m.packs[s.pack].sources
+            lines.append(
+                f"    {s.number}: {len(games)} games, {games[0][0]} .. {games[-1][0]} (rows of each: {sidecar})"
+            )
+        else:
+            lines.append(f"    {s.number}: {s.source}")
+    return lines
 
 
 def _raw_chunks(path: Path, offset: int, start: int, stop: int) -> Iterator[bytes]:
@@ -91,7 +121,7 @@ class _PackReader:
             hi = min(stop, lo + step)
             buf = np.zeros(hi - lo, dtype=self.dset.dtype)  # zeros: padding bytes as the converter wrote them
             self.dset.read_direct(buf, np.s_[lo:hi])
-            yield buf.view(np.uint8).reshape(-1).data
+            yield memoryview(buf.view(np.uint8).reshape(-1).data)
 
     def close(self) -> None:
         if self._file is not None:

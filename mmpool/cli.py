@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mmpool.convert import LC0_ROWS_PER_SHARD
 from mmpool.errors import ConfigError, MmpoolError
+from mmpool.sources import ORDERS
 
 log = logging.getLogger("mmpool")
 
@@ -24,12 +26,30 @@ Run = Callable[[argparse.Namespace], int]
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="directory of legacy shards (.npz, .npy, .pt, .h5)")
+    p.add_argument("src", help="directory of shards (.npz, .npy, .pt, .h5) or of lc0 games (.gz, .tar of .gz)")
     p.add_argument("dst", help="directory for the packs and manifest (created; converted shards are skipped)")
     p.add_argument("--format", choices=["npy", "hdf5"], default="npy", help="pack file format (default npy)")
     p.add_argument("--pack-size", default="1G", help="max record bytes per pack, e.g. 512M, 2G (default 1G)")
     p.add_argument("--workers", type=int, default=1, help="packs converted in parallel (default 1)")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf in float fields")
+    p.add_argument("--recursive", action="store_true", help="also take the shards in subdirectories of SRC")
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="natural",
+        help="order that numbers new files when the last integers of their names do not number them uniquely: "
+        "natural (digit runs as numbers, default), name, mtime, number",
+    )
+    p.add_argument("--like", metavar="DIR", help="convert to the record schema of this converted directory")
+    p.add_argument("--pad", action="append", default=[], metavar="FIELD", help="zero-pad FIELD's last axis")
+    p.add_argument("--fill", action="append", default=[], metavar="FIELD=VALUE", help="add FIELD, set to VALUE")
+    p.add_argument("--drop", action="append", default=[], metavar="FIELD", help="leave out FIELD")
+    p.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=LC0_ROWS_PER_SHARD,
+        help=f"lc0 games: whole games per shard up to about this many rows (default {LC0_ROWS_PER_SHARD:,})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -44,6 +64,13 @@ def _convert(args: argparse.Namespace) -> int:
         workers=args.workers,
         allow_nonfinite=args.allow_nonfinite,
         progress=not args.quiet,
+        recursive=args.recursive,
+        order=args.order,
+        like=args.like,
+        pad=args.pad,
+        fill=args.fill,
+        drop=args.drop,
+        rows_per_shard=args.rows_per_shard,
     )
     print(summary)
     return 0
@@ -166,8 +193,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    # The suite lives in the repository's tools/ (next to this package in a checkout or editable install).
-    import importlib.util
+    # The suite lives in the repository's tools/ (next to this package in a checkout or editable install); run as
+    # a script, it finds its sibling modules (benchdata) on the path Python gives a script.
+    import subprocess
 
     script = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
     if not script.is_file():
@@ -175,11 +203,8 @@ def _bench(args: argparse.Namespace) -> int:
             f"{script} not found: the benchmarks ship with the source repository; "
             "run `mmpool bench` from a checkout (pip install -e .)"
         )
-    spec = importlib.util.spec_from_file_location("mmpool_bench_suite", script)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
     argv = ["--scale", args.scale, "--out", args.out] + (["--data", args.data] if args.data else [])
-    return int(module.main(argv + (["--only", *args.only] if args.only else [])))
+    return subprocess.call([sys.executable, str(script), *argv, *(["--only", *args.only] if args.only else [])])
 
 
 # --------------------------------------------------------------------------- main

@@ -10,7 +10,31 @@ A converted directory holds:
                 "fields": [{"name": "planes", "dtype": "|u1", "shape": [4, 8, 8], "offset": 0}, ...]},
      "packs":  [{"file": "pack-00000.npy", "rows": 400000, "bytes": 112004096, "data_offset": 4096}, ...],
      "shards": [{"number": 42, "source": "shard_00042.npz", "pack": 0, "first_row": 0,
-                 "rows": 50000, "crc32": 1234567890}, ...]}
+                 "rows": 50000, "crc32": 1234567890}, ...],
+     "numbering": "last-integer"}
+
+Optional keys, written only when they apply (a manifest without them is read as before):
+
+* ``numbering`` -- how shard numbers were given (``mmpool.sources``): ``"last-integer"`` (the last integer of
+  the file name; what a manifest without the key means) or ``"order:natural"``, ``"order:name"``,
+  ``"order:mtime"``, ``"order:number"``: new files numbered in that order after the highest number in use.
+  Numbers once given never change.
+* shard ``source`` -- the input file's path relative to the source directory (``selfplay/m1/tdata/X.npz``);
+  for shards made of many game files (lc0), the first game's name.
+* shard ``adapted`` -- what was done to the shard's fields to give it the directory's schema, as a list of
+  strings: ``"pad globalTargetsNC (64,)->(80,)"`` (zeros appended on the last axis), ``"fill
+  qValueTargetsNCMove=0"`` (a field the source lacked, every element set to the value), ``"drop
+  metadataInputNC"`` (a source field left out).
+* pack ``sources`` -- the name of a JSON file beside the pack (``pack-00000.sources.json``) for shards built
+  from many input files (lc0 games): ``{"shards": [{"number": 7, "parts": [["a.tar/g1.gz", 0],
+  ["a.tar/g2.gz", 118], ...]}, ...]}``, the input file of each of a shard's rows as (name, first row inside
+  the shard). It is written (atomically) before the manifest names it.
+
+The converter's options that shape these keys (``--recursive``, ``--order``, ``--like``, ``--pad``, ``--fill``,
+``--drop``, ``--rows-per-shard``) are described in ``mmpool.convert.convert`` and the README's converter section.
+
+Readers that predate these keys refuse a manifest holding ``adapted`` or ``sources`` as malformed rather than
+misread it; the format version stays 1.
 
 Pack files -- a few large files, each one array of fixed-size records:
 
@@ -35,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +142,7 @@ class PackEntry:
     rows: int
     bytes: int
     data_offset: int
+    sources: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class ShardEntry:
     first_row: int
     rows: int
     crc32: int
+    adapted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,7 @@ class Manifest:
     schema: Schema
     packs: tuple[PackEntry, ...]
     shards: tuple[ShardEntry, ...]
+    numbering: str = "last-integer"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document, as written to disk."""
@@ -148,8 +176,9 @@ class Manifest:
             "version": FORMAT_VERSION,
             "pack_format": self.pack_format,
             "schema": schema,
-            "packs": [asdict(p) for p in self.packs],
-            "shards": [asdict(s) for s in self.shards],
+            "packs": [_present(asdict(p)) for p in self.packs],
+            "shards": [_present(asdict(s)) for s in self.shards],
+            "numbering": self.numbering,
         }
 
     @classmethod
@@ -168,14 +197,20 @@ class Manifest:
             )
             schema = Schema(fields, int(doc["schema"]["itemsize"]))
             packs = tuple(PackEntry(**p) for p in doc["packs"])
-            shards = tuple(ShardEntry(**s) for s in doc["shards"])
+            shards = tuple(ShardEntry(**{**s, "adapted": tuple(s.get("adapted", ()))}) for s in doc["shards"])
             kind = doc["pack_format"]
+            numbering = str(doc.get("numbering", "last-integer"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ShardError(f"{where}: malformed manifest ({exc!r}); convert the shards again") from exc
         for s in shards:
             if not 0 <= s.pack < len(packs) or s.first_row + s.rows > packs[s.pack].rows:
                 raise ShardError(f"{where}: shard {s.number} points outside its pack; convert the shards again")
-        return cls(kind, schema, packs, shards)
+        return cls(kind, schema, packs, shards, numbering)
+
+
+def _present(entry: dict[str, Any]) -> dict[str, Any]:
+    """A manifest entry without its empty optional keys, so plain conversions write what old readers read."""
+    return {k: v for k, v in entry.items() if not (k in ("sources", "adapted") and not v)}
 
 
 def read_manifest(directory: Path) -> Manifest:
@@ -206,16 +241,50 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Replace the manifest atomically: temporary file, fsync, rename, fsync of the directory."""
-    directory = Path(directory)
-    tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+def write_json(path: Path, doc: Any, indent: int | None = 1) -> None:
+    """Write a JSON file atomically: temporary file, fsync, rename, fsync of the directory."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest.to_json(), f, indent=1)
+        json.dump(doc, f, indent=indent)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST_NAME)
-    fsync_dir(directory)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Replace the manifest atomically."""
+    write_json(Path(directory) / MANIFEST_NAME, manifest.to_json())
+
+
+SOURCES_SUFFIX = ".sources.json"
+Parts = list[tuple[str, int]]
+
+
+def write_sources(path: Path, parts: dict[int, Parts]) -> str:
+    """Write a pack's sources file (shard number -> [(input name, first row)]); returns its file name."""
+    doc = {"shards": [{"number": n, "parts": [list(p) for p in rows]} for n, rows in parts.items()]}
+    write_json(path, doc, indent=None)
+    return Path(path).name
+
+
+def read_sources(directory: Path, manifest: Manifest) -> dict[int, Parts]:
+    """Shard number -> [(input name, first row inside the shard)] of every shard listed in a sources file."""
+    out: dict[int, Parts] = {}
+    for pack in manifest.packs:
+        if pack.sources is None:
+            continue
+        path = Path(directory) / pack.sources
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for shard in doc["shards"]:
+                out[int(shard["number"])] = [(str(name), int(row)) for name, row in shard["parts"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ShardError(
+                f"{path}: cannot read the sources of {pack.file} ({exc!r}); restore it or convert the shards again"
+            ) from exc
+    return out
 
 
 def npy_header(dtype: np.dtype, rows: int) -> bytes:
@@ -231,7 +300,7 @@ def npy_header(dtype: np.dtype, rows: int) -> bytes:
 
 def record_bytes(records: np.ndarray) -> memoryview:
     """The raw bytes of a contiguous record array (for checksums and writing) without a copy."""
-    return np.ascontiguousarray(records).view(np.uint8).reshape(-1).data
+    return memoryview(np.ascontiguousarray(records).view(np.uint8).reshape(-1).data)
 
 
 def checksum(records: np.ndarray) -> int:
@@ -295,6 +364,51 @@ class PackWriter:
             self._file.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def to_records(dtype: np.dtype, arrays: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    """Records of ``dtype`` from one array per field (rows first; fields not given stay zero), or records
+    already in ``dtype`` (their padding bytes must be zero: they are part of the crc)."""
+    if isinstance(arrays, np.ndarray):
+        if arrays.dtype != dtype:
+            raise ShardError(f"records of dtype {arrays.dtype} given for a pack of {dtype}")
+        return np.ascontiguousarray(arrays)
+    # zeros, not empty: padding bytes between fields are covered by the crc and must be reproducible.
+    records = np.zeros(len(next(iter(arrays.values()))), dtype=dtype)
+    for name in dtype.names or ():
+        if name in arrays:
+            records[name] = arrays[name]
+    return records
+
+
+def write_pack(
+    path: Path,
+    kind: PackKind,
+    schema: Schema,
+    rows: int,
+    shards: Iterable[tuple[int, str, dict[str, np.ndarray] | np.ndarray]],
+) -> tuple[PackEntry, list[ShardEntry]]:
+    """Write and commit one pack of ``rows`` records from shards ``(number, source, {field: array} or records)``,
+    in order.
+
+    Returns the pack's entry and its shards' entries (``pack`` = 0: the caller places the pack in its manifest).
+    The pack exists under its final name only when every shard was written; on any error it is removed.
+    """
+    dtype = schema.dtype
+    writer = PackWriter(path, dtype, rows, kind)
+    entries: list[ShardEntry] = []
+    try:
+        first = 0
+        for number, source, arrays in shards:
+            records = to_records(dtype, arrays)
+            writer.write(records)
+            entries.append(ShardEntry(number, source, 0, first, len(records), checksum(records)))
+            first += len(records)
+        pack = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return pack, entries
 
 
 def check_pack_file(directory: Path, pack: PackEntry) -> Path:

@@ -1,6 +1,7 @@
 """Reading legacy training shards (.npz, .npy, .pt/.pth, .h5/.hdf5) as plain numpy arrays.
 
-A shard is one file holding named arrays that share their first dimension (rows). ``scan_shard``
+A shard is one file holding named arrays that share their first dimension (rows); which files of a directory
+are shards, and their numbers, is ``mmpool.sources``'s job. ``scan_shard``
 reads only headers/metadata so a whole directory can be validated cheaply before any conversion;
 ``read_shard`` loads the data and re-checks it against the scan.
 """
@@ -8,7 +9,6 @@ reads only headers/metadata so a whole directory can be validated cheaply before
 from __future__ import annotations
 
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +17,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mmpool.errors import ConfigError, ShardError
+from mmpool.errors import ShardError
 
 __all__ = [
     "SHARD_SUFFIXES",
     "ShardInfo",
     "check_finite",
-    "list_shards",
     "read_shard",
     "scan_shard",
-    "schema_mismatch",
-    "shard_number",
 ]
 
 SHARD_SUFFIXES: tuple[str, ...] = (".npz", ".npy", ".pt", ".pth", ".h5", ".hdf5")
@@ -59,51 +56,6 @@ class ShardInfo:
     number: int
     rows: int
     fields: dict[str, tuple[np.dtype, tuple[int, ...]]]
-
-
-# --------------------------------------------------------------------------- directory listing
-
-
-def shard_number(path: Path) -> int:
-    """Return the last integer in the file name without its suffix (``gen3_part_17.h5`` -> 17)."""
-    numbers = re.findall(r"\d+", Path(path).stem)
-    if not numbers:
-        raise ConfigError(
-            f"cannot number shard {str(path)!r}: the shard number is the last integer in the "
-            f"file name without its suffix (e.g. 'shard_00042.npz' -> 42); rename the file so "
-            f"its name holds a number"
-        )
-    return int(numbers[-1])
-
-
-def list_shards(src: Path) -> list[tuple[int, Path]]:
-    """List the shard files of ``src`` as (number, path), sorted by number.
-
-    Only regular, non-hidden files with a suffix in ``SHARD_SUFFIXES`` count; others are ignored.
-    """
-    src = Path(src)
-    if not src.exists():
-        raise ConfigError(f"shard directory {str(src)!r} does not exist")
-    if not src.is_dir():
-        raise ConfigError(f"shard directory {str(src)!r} is not a directory")
-    found: dict[int, Path] = {}
-    for path in sorted(src.iterdir()):
-        # Hidden files are editor swap files, temporaries of atomic writes, etc.
-        if path.name.startswith(".") or path.suffix.lower() not in SHARD_SUFFIXES:
-            continue
-        if not path.is_file():
-            continue
-        number = shard_number(path)
-        if number in found:
-            raise ConfigError(
-                f"shard files {str(found[number])!r} and {str(path)!r} in {str(src)!r} both have "
-                f"number {number}; each shard needs a distinct number (the last integer of its "
-                f"name): rename or remove one of them"
-            )
-        found[number] = path
-    if not found:
-        raise ConfigError(f"no shard files in {str(src)!r}; accepted suffixes are {', '.join(SHARD_SUFFIXES)}")
-    return sorted(found.items())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -173,8 +125,9 @@ def _structured_fields(
             f"the arrays; got a plain {dtype} array of shape {shape}"
         )
     out = {}
+    fields: Any = dtype.fields or {}
     for name in dtype.names:
-        sub = dtype.fields[name][0]
+        sub = fields[name][0]
         out[name] = (sub.base, tuple(shape) + tuple(sub.shape))
     return out
 
@@ -213,14 +166,17 @@ def _torch_load(path: Path) -> Any:
 
     # numpy arrays pickle through _reconstruct, ndarray, dtype and the dtype classes; these
     # only build arrays, so allowing them keeps weights_only safe (no arbitrary objects).
-    reconstruct = np._core.multiarray._reconstruct
-    dtype_classes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
-    allowed = [
+    # Found through public API (the pickle protocol, np.typecodes): numpy 1.24-1.26 have neither np._core
+    # nor np.dtypes, and numpy 2 moved _reconstruct from numpy.core to numpy._core.
+    reconstruct = np.zeros(1).__reduce__()[0]
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"]}
+    allowed: list[Any] = [
         np.ndarray,
         np.dtype,
         *dtype_classes,
         reconstruct,
         (reconstruct, "numpy.core.multiarray._reconstruct"),  # files written with numpy 1.x
+        (reconstruct, "numpy._core.multiarray._reconstruct"),  # files written with numpy 2.x
     ]
     # mmap needs the zip format of torch.save; legacy (pre-1.6) files are read fully instead.
     mmap = zipfile.is_zipfile(path)
@@ -382,21 +338,3 @@ def check_finite(arrays: dict[str, np.ndarray], path: Path) -> None:
             raise ShardError(
                 f"shard {str(path)!r}: field {name!r} row {row} holds a non-finite value ({bad}); fix or drop that row"
             )
-
-
-def schema_mismatch(a: ShardInfo, b: ShardInfo) -> str | None:
-    """Describe the first schema difference between two shards, or None if they match."""
-    both = f"{str(a.path)!r} and {str(b.path)!r}"
-    for name in a.fields:
-        if name not in b.fields:
-            return f"field {name!r} is in {str(a.path)!r} but missing from {str(b.path)!r}"
-    for name in b.fields:
-        if name not in a.fields:
-            return f"field {name!r} is in {str(b.path)!r} but missing from {str(a.path)!r}"
-    for name, (dtype_a, shape_a) in a.fields.items():
-        dtype_b, shape_b = b.fields[name]
-        if _norm_dtype(dtype_a) != _norm_dtype(dtype_b):
-            return f"field {name!r} has dtype {dtype_a} vs {dtype_b} in {both}"
-        if shape_a != shape_b:
-            return f"field {name!r} has per-row shape {shape_a} vs {shape_b} in {both}"
-    return None

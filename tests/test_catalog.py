@@ -159,7 +159,12 @@ def test_schema_mismatch_between_dirs(dirs: list[Path], tmp_path: Path) -> None:
     convert(src, other, progress=False)
     with pytest.raises(ConfigError) as err:
         Catalog([dirs[0], other])
-    assert str(err.value).startswith(f"{other} and {dirs[0]} have different record schemas and cannot be mixed:\n")
+    assert str(err.value).startswith(
+        f"{other} and {dirs[0]} have different record schemas and cannot be mixed ('planes': uint8 (4, 8, 8) vs "
+        f"uint8 (3, 8, 8)). Convert one of them again to the other's schema: mmpool convert SRC NEWDIR --like "
+        f"{dirs[0]} with --pad FIELD (shorter last axis), --fill FIELD=VALUE (missing field) or --drop FIELD "
+        "(extra field) as needed.\n"
+    )
     assert "planes           uint8    (3, 8, 8)" in str(err.value)
 
 

@@ -45,6 +45,11 @@ def test_inspect(tmp_path: Path) -> None:
             "  packs: 2",
             f"    pack-00000.npy  400 records  {4096 + 400 * ITEMSIZE:,} bytes",
             f"    pack-00001.npy  200 records  {4096 + 200 * ITEMSIZE:,} bytes",
+            "  numbering: last-integer",
+            "  shard sources (number: source):",
+            "    0: shard_00000.npz",
+            "    1: shard_00001.npz",
+            "    2: shard_00002.npz",
         ]
     )
 

@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmpool.errors import ConfigError, ShardError
-from mmpool.legacy import (
-    SHARD_SUFFIXES,
-    ShardInfo,
-    check_finite,
-    list_shards,
-    read_shard,
-    scan_shard,
-    schema_mismatch,
-    shard_number,
-)
+from mmpool.errors import ShardError
+from mmpool.legacy import check_finite, read_shard, scan_shard
 from mmpool.synthetic import make_positions, write_legacy_shard
 
 FORMATS = ["npz", "npy", "pt", "pth", "h5", "hdf5"]
@@ -104,81 +95,6 @@ def test_scan_does_not_need_the_data_npz(tmp_path: Path) -> None:
     np.savez(path, a=np.full((4, 2), np.nan, dtype=np.float16))
     info = scan_shard(path, 0)
     assert info.fields == {"a": (np.dtype(np.float16), (2,))}
-
-
-# --------------------------------------------------------------------------- numbering / listing
-
-
-@pytest.mark.parametrize(
-    "name, number",
-    [
-        ("shard_00042.npz", 42),
-        ("gen3_part_17.h5", 17),
-        ("7.pt", 7),
-        ("run12_000.npy", 0),
-        ("x1y22z.hdf5", 22),
-    ],
-)
-def test_shard_number(name: str, number: int) -> None:
-    assert shard_number(Path(name)) == number
-
-
-def test_shard_number_without_number() -> None:
-    with pytest.raises(ConfigError, match="shard_final.npz") as exc:
-        shard_number(Path("/d/shard_final.npz"))
-    assert "last integer" in str(exc.value)
-
-
-def test_list_shards_sorted_and_filtered(tmp_path: Path) -> None:
-    for name in ["b_10.npz", "a_2.h5", "c_1.pt", "d_3.npy", "e_4.pth", "f_5.hdf5"]:
-        (tmp_path / name).write_bytes(b"x")
-    # Ignored: other suffixes, hidden files (even with a shard suffix), directories.
-    (tmp_path / "notes_1.txt").write_text("hi")
-    (tmp_path / ".hidden_2.npz").write_bytes(b"x")
-    (tmp_path / "sub_6.npz").mkdir()
-    (tmp_path / "README").write_text("no number, ignored")
-    got = list_shards(tmp_path)
-    assert got == [
-        (1, tmp_path / "c_1.pt"),
-        (2, tmp_path / "a_2.h5"),
-        (3, tmp_path / "d_3.npy"),
-        (4, tmp_path / "e_4.pth"),
-        (5, tmp_path / "f_5.hdf5"),
-        (10, tmp_path / "b_10.npz"),
-    ]
-
-
-def test_list_shards_no_number(tmp_path: Path) -> None:
-    (tmp_path / "shard_1.npz").write_bytes(b"x")
-    (tmp_path / "latest.npz").write_bytes(b"x")
-    with pytest.raises(ConfigError, match="latest.npz"):
-        list_shards(tmp_path)
-
-
-def test_list_shards_duplicate_numbers(tmp_path: Path) -> None:
-    (tmp_path / "shard_1.npz").write_bytes(b"x")
-    (tmp_path / "shard_001.h5").write_bytes(b"x")
-    with pytest.raises(ConfigError) as exc:
-        list_shards(tmp_path)
-    assert "shard_1.npz" in str(exc.value) and "shard_001.h5" in str(exc.value)
-
-
-def test_list_shards_empty_dir(tmp_path: Path) -> None:
-    (tmp_path / "other.txt").write_text("x")
-    with pytest.raises(ConfigError) as exc:
-        list_shards(tmp_path)
-    assert str(tmp_path) in str(exc.value)
-    for suffix in SHARD_SUFFIXES:
-        assert suffix in str(exc.value)
-
-
-def test_list_shards_missing_or_not_dir(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
-        list_shards(tmp_path / "nope")
-    f = tmp_path / "file_1.npz"
-    f.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="not a directory"):
-        list_shards(f)
 
 
 # --------------------------------------------------------------------------- corrupt files
@@ -360,46 +276,14 @@ def test_check_finite_1d_and_clean(tmp_path: Path) -> None:
         check_finite({"v": np.array([np.nan, 1.0])}, tmp_path / "s_1.npz")
 
 
-# --------------------------------------------------------------------------- schema_mismatch
+# --------------------------------------------------------------------------- across formats
 
 
-def _info(name: str, **fields: tuple[str, tuple[int, ...]]) -> ShardInfo:
-    return ShardInfo(
-        path=Path(f"/data/{name}"),
-        number=0,
-        rows=10,
-        fields={k: (np.dtype(d), s) for k, (d, s) in fields.items()},
-    )
-
-
-def test_schema_mismatch() -> None:
-    a = _info("a_0.npz", x=("<f4", (3,)), y=("i8", ()))
-    assert schema_mismatch(a, _info("b_1.npz", x=("=f4", (3,)), y=("<i8", ()))) is None
-    # Field order does not matter.
-    assert schema_mismatch(a, _info("b_1.npz", y=("i8", ()), x=("f4", (3,)))) is None
-
-    missing = schema_mismatch(a, _info("b_1.npz", x=("f4", (3,))))
-    assert missing is not None
-    assert "'y'" in missing and "a_0.npz" in missing and "b_1.npz" in missing
-    assert "missing" in missing
-
-    extra = schema_mismatch(a, _info("b_1.npz", x=("f4", (3,)), y=("i8", ()), z=("u1", ())))
-    assert extra is not None and "'z'" in extra and "a_0.npz" in extra and "b_1.npz" in extra
-
-    dtype = schema_mismatch(a, _info("b_1.npz", x=("f2", (3,)), y=("i8", ())))
-    assert dtype is not None and "'x'" in dtype and "float16" in dtype and "float32" in dtype
-    assert "a_0.npz" in dtype and "b_1.npz" in dtype
-
-    shape = schema_mismatch(a, _info("b_1.npz", x=("f4", (4,)), y=("i8", ())))
-    assert shape is not None and "'x'" in shape and "(3,)" in shape and "(4,)" in shape
-    assert "a_0.npz" in shape and "b_1.npz" in shape
-
-
-def test_schema_mismatch_across_formats(tmp_path: Path) -> None:
+def test_same_fields_across_formats(tmp_path: Path) -> None:
     infos = []
     for i, fmt in enumerate(FORMATS):
         path = tmp_path / f"shard_{i}.{fmt}"
         _write(path, n=5 + i)
         infos.append(scan_shard(path, i))
-    for info in infos[1:]:
-        assert schema_mismatch(infos[0], info) is None
+    for info in infos:
+        assert info.fields == EXPECTED_FIELDS

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mmpool.errors import ConfigError
-from mmpool.legacy import list_shards, read_shard, scan_shard
+from mmpool.legacy import read_shard, scan_shard
+from mmpool.sources import last_integer, list_files
 from mmpool.synthetic import make_positions, make_synthetic, position_dtype, write_legacy_shard
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +92,11 @@ def test_npz_is_uncompressed(tmp_path: Path) -> None:
     write_legacy_shard(path, make_positions(10, seed=0))
     with zipfile.ZipFile(path) as zf:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def list_shards(d: Path) -> list[tuple[int, Path]]:
+    """(number, path) of the shard files of ``d``, by number."""
+    return sorted((last_integer(name), d / name) for name in list_files(d, {".npz", ".npy", ".pt", ".h5"}))
 
 
 @pytest.mark.parametrize("fmt", ["npz", "npy", "pt", "h5"])

@@ -23,11 +23,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import benchdata as bd  # a sibling module: tools/ is on the path of a script run from it
+
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
-
-import benchdata as bd  # noqa: E402
 
 # name -> script; the first two are ours (rows in benchdata's format), the others are collected as they come.
 SUITE = {

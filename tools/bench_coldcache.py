@@ -36,13 +36,11 @@ import sys
 import time
 from pathlib import Path
 
+import benchdata as bd  # a sibling module: tools/ is on the path of a script run from it
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchdata as bd  # noqa: E402  (also puts the repository root on sys.path)
-
-import mmpool.store  # noqa: E402
-from mmpool.dataset import StreamingMixedShardDataset  # noqa: E402
+import mmpool.store
+from mmpool.dataset import StreamingMixedShardDataset
 
 BATCH = 1024
 SCALES = {

@@ -26,15 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+import benchdata as bd  # a sibling module: tools/ is on the path of a script run from it
 import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchdata as bd  # noqa: E402  (also puts the repository root on sys.path)
-import torch  # noqa: E402
-
-from mmpool.catalog import Catalog  # noqa: E402
-from mmpool.packing import pack  # noqa: E402
-from mmpool.store import ShardStore  # noqa: E402
+from mmpool.catalog import Catalog
+from mmpool.packing import pack
+from mmpool.store import ShardStore
 
 BATCH = 1024
 SCALES = {

@@ -65,11 +65,7 @@ from typing import Any
 
 import numpy as np
 
-# Runnable from a checkout without installing mmpool: the package lives in the repository root, one level up
-# (imported lazily, in the peer functions, so each child process loads only what its peer needs). tools/ is
-# on the path too, for the sibling ``benchdata`` module, also when this file is imported rather than run.
 TOOLS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TOOLS.parent), str(TOOLS)]
 
 BATCH = 1024
 SEED = 0

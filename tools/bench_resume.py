@@ -1,6 +1,6 @@
 """Benchmark of resuming: fast-forward from a saved state against streaming to the same point.
 
-Builds converted data directly with PackWriter/write_manifest (records of the synthetic dtype, only the ``id``
+Builds converted data directly with write_pack/write_manifest (records of the synthetic dtype, only the ``id``
 field filled: a fast-forward never reads records, and the stream only copies them), streams ``--resume-at``
 examples uninterrupted, saves the state, then times a fresh dataset from ``load_state_dict`` to its first item
 and checks that item is the one the uninterrupted stream yields next.
@@ -11,31 +11,20 @@ Example: python tools/bench_resume.py                       (12M records, 2 dirs
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
 import sys
+import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
-# Run from a checkout without installing: make the repo root (parent of tools/) importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from mmpool.format import (  # noqa: E402
-    MANIFEST_NAME,
-    Manifest,
-    PackWriter,
-    Schema,
-    ShardEntry,
-    checksum,
-    write_manifest,
-)
-from mmpool.synthetic import position_dtype  # noqa: E402
+from mmpool.format import MANIFEST_NAME, Manifest, Schema, write_manifest, write_pack
+from mmpool.synthetic import position_dtype
 
 
 def build(root: Path, records: int, shards: int, dirs: int, shards_per_pack: int) -> list[Path]:
@@ -54,15 +43,11 @@ def build(root: Path, records: int, shards: int, dirs: int, shards_per_pack: int
         packs, entries = [], []
         for first in range(0, count, shards_per_pack):
             numbers = range(first, min(count, first + shards_per_pack))
-            writer = PackWriter(dst / f"pack-{len(packs):05d}.npy", dtype, rows * len(numbers), "npy")
-            for k, number in enumerate(numbers):
-                block = np.zeros(rows, dtype=dtype)
-                block["id"] = (d << 40) | (number << 20) | np.arange(rows)
-                writer.write(block)
-                entries.append(
-                    ShardEntry(number, f"shard_{number:05d}.npy", len(packs), k * rows, rows, checksum(block))
-                )
-            packs.append(writer.commit())
+            blocks = ((n, f"shard_{n:05d}.npy", {"id": (d << 40) | (n << 20) | np.arange(rows)}) for n in numbers)
+            # Only ``id`` is given: write_pack leaves the other fields zero.
+            pack, written = write_pack(dst / f"pack-{len(packs):05d}.npy", "npy", schema, rows * len(numbers), blocks)
+            entries += [replace(e, pack=len(packs)) for e in written]
+            packs.append(pack)
         write_manifest(dst, Manifest("npy", schema, tuple(packs), tuple(entries)))
         print(f"built {dst}: {count} shards of {rows} records in {len(packs)} packs", flush=True)
     return out

@@ -32,18 +32,16 @@ import threading
 import time
 from pathlib import Path
 
+import benchdata as bd  # a sibling module: tools/ is on the path of a script run from it
 import numpy as np
 import psutil
+import torch
+from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchdata as bd  # noqa: E402  (also puts the repository root on sys.path)
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from mmpool.augment import Dihedral  # noqa: E402
-from mmpool.dataset import StreamingMixedShardDataset  # noqa: E402
-from mmpool.pool import IndexPool  # noqa: E402
-from mmpool.schedule import Segments  # noqa: E402
+from mmpool.augment import Dihedral
+from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.pool import IndexPool
+from mmpool.schedule import Segments
 
 BATCH = 1024
 SCALES = {

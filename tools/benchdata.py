@@ -3,8 +3,8 @@
     converted_dataset(root, records_per_dir=[3_000_000, 1_000_000], shards_per_dir=[600, 200], pack_size="1G")
         -> [root/conv-.../dir0, root/conv-.../dir1]
 
-Converted directories are written directly (records from ``make_positions``, packed with ``PackWriter`` and
-``write_manifest``), pack by pack and shard by shard, so 40M records (~11 GB) never sit in RAM at once. The files
+Converted directories are written directly (records from ``make_positions``, packed with the library's
+``write_pack`` and ``write_manifest``), pack by pack and shard by shard, so 40M records (~11 GB) never sit in RAM at once. The files
 are exactly what ``mmpool convert`` makes from ``make_synthetic`` shards of the same seed: same schema, same record
 bytes, same ids ``(dir << 40) | (shard << 20) | row``, same per-shard CRCs. A cache entry is complete only when its
 ``.complete`` marker exists; an incomplete one (a killed build) is deleted and rebuilt.
@@ -32,27 +32,22 @@ import os
 import shutil
 import sys
 import time
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-# Runnable from a checkout without installing mmpool: the package lives one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mmpool.format import (  # noqa: E402
+from mmpool.format import (
     MANIFEST_NAME,
     Manifest,
     PackEntry,
-    PackWriter,
     Schema,
     ShardEntry,
     read_manifest,
-    record_bytes,
     write_manifest,
+    write_pack,
 )
-from mmpool.synthetic import make_positions, make_synthetic  # noqa: E402
+from mmpool.synthetic import make_positions, make_synthetic
 
 DEFAULT_ROOT = Path("bench_out") / "data"
 CACHE_VERSION = 1
@@ -82,29 +77,14 @@ def _write_pack(
     path: Path, schema: Schema, shards: list[tuple[int, int, int]], seed: int, channels: int
 ) -> tuple[dict, list[dict]]:
     """Write one pack of shards ``(dir_index, number, rows)``; returns its entry and shard entries (as dicts)."""
-    dtype = schema.dtype
-    writer = PackWriter(path, dtype, sum(n for _, _, n in shards), "npy")
-    entries, first = [], 0
-    try:
+
+    def arrays() -> Iterator[tuple[int, str, dict[str, np.ndarray]]]:
         for d, number, n in shards:
-            arrays = make_positions(
-                n, seed, id_base=(d << (_SHARD_BITS + _ROW_BITS)) | (number << _ROW_BITS), channels=channels
-            )
-            records = np.zeros(n, dtype=dtype)  # zeros: padding bytes are part of the CRC, as in convert
-            for name in dtype.names:
-                records[name] = arrays[name]
-            del arrays
-            writer.write(records)
-            crc = zlib.crc32(record_bytes(records)) & 0xFFFFFFFF
-            entries.append(
-                {"number": number, "source": f"shard_{number:05d}.npz", "first_row": first, "rows": n, "crc32": crc}
-            )
-            first += n
-        pack = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    return pack.__dict__, entries
+            ids = (d << (_SHARD_BITS + _ROW_BITS)) | (number << _ROW_BITS)
+            yield number, f"shard_{number:05d}.npz", make_positions(n, seed, id_base=ids, channels=channels)
+
+    pack, entries = write_pack(path, "npy", schema, sum(n for _, _, n in shards), arrays())
+    return pack.__dict__, [{k: v for k, v in e.__dict__.items() if k != "pack"} for e in entries]
 
 
 def _plan(counts: list[int], itemsize: int, pack_size: int) -> list[list[tuple[int, int]]]:

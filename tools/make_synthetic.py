@@ -5,15 +5,11 @@ Example: python tools/make_synthetic.py /tmp/syn --shards 10 30 --rows 5000 --fo
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-# Run from a checkout without installing: make the repo root (parent of tools/) importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import argparse  # noqa: E402
-
-from mmpool.synthetic import FORMATS, make_synthetic  # noqa: E402
+from mmpool.synthetic import FORMATS, make_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:
