@@ -3,7 +3,7 @@
 Convert shards once (``mmpool convert``), then stream them with :class:`StreamingMixedShardDataset`.
 """
 
-from mmpool.augment import Augmentation, Dihedral
+from mmpool.augment import Augmentation, Dihedral, packed_bytes
 from mmpool.catalog import Catalog, Split, train_val_split
 from mmpool.errors import ConfigError, MemoryLimitExceeded, MmpoolError, ShardError
 from mmpool.store import ShardStore
@@ -12,7 +12,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # The dataset needs torch; import it only when asked for, so the converter and tools start fast.
+    # The dataset and unpack_planes need torch; import it only when asked for, so the converter and tools start fast.
+    if name == "unpack_planes":
+        from mmpool.planes import unpack_planes
+
+        return unpack_planes
     if name in ("StreamingMixedShardDataset", "Stats"):
         from mmpool import dataset, stats
 
@@ -32,5 +36,7 @@ __all__ = [
     "Split",
     "Stats",
     "StreamingMixedShardDataset",
+    "packed_bytes",
     "train_val_split",
+    "unpack_planes",
 ]
