@@ -242,7 +242,6 @@ class Dihedral:
             )
         self.board = (h, w)
         self._maps = _square_maps(h, w, self.factor)
-        self._gather = np.argsort(self._maps, axis=1)  # out[q'] = in[gather[q']]
         if self.packed_planes:
             self._tables = _packed_tables(self._maps, packed_bytes(self.board))
 
@@ -341,7 +340,7 @@ class Dihedral:
                 raise ConfigError(f"Dihedral: field {name!r} is not in the batch; available: {sorted(batch)}")
             if len(batch[name]) != len(ids):
                 raise ConfigError(f"Dihedral: field {name!r} has {len(batch[name])} examples but {len(ids)} ids")
-        maps, gather = self.square_map, self._gather
+        maps = self.square_map
         hw = maps.shape[1]
         out = dict(batch)
         for name in self.planes:
@@ -355,9 +354,11 @@ class Dihedral:
             mapped = maps[sid, np.where(inside, v, 0)]
             out[name] = np.where(inside, mapped, v).astype(v.dtype, copy=False)
         for name in self.square_vectors:
-            v = batch[name]
+            v = np.asarray(batch[name])
             y = np.array(v, copy=True)  # keeps the entries after H*W (e.g. pass) as they were
-            g = gather[ids].reshape((len(ids),) + (1,) * (v.ndim - 2) + (hw,))
-            y[..., :hw] = np.take_along_axis(np.asarray(v)[..., :hw], g, axis=-1)
+            # The squares as (..., H, W) planes: whole-row moves and one transpose, ~4x faster than a gather by
+            # square map (1024 KataGo rows, policy + q-values).
+            squares = v[..., :hw].reshape(v.shape[:-1] + self.board)  # type: ignore[operator]  # board is set
+            y[..., :hw] = _transform_planes(squares, ids).reshape(v.shape[:-1] + (hw,))
             out[name] = y
         return out
