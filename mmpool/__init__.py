@@ -5,7 +5,7 @@ Convert shards once (``mmpool convert``), then stream them with :class:`Streamin
 
 from typing import TYPE_CHECKING
 
-from mmpool.augment import Augmentation, Dihedral
+from mmpool.augment import Augmentation, Dihedral, packed_bytes
 from mmpool.catalog import Catalog, Split, train_val_split
 from mmpool.errors import ConfigError, MemoryLimitExceeded, MmpoolError, ShardError
 from mmpool.store import ShardStore
@@ -13,12 +13,18 @@ from mmpool.store import ShardStore
 if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and IDEs
     from mmpool.dataset import StreamingMixedShardDataset
     from mmpool.iterator import StreamIterator
+    from mmpool.planes import unpack_planes
     from mmpool.stats import Stats
 
 __version__ = "0.2.0"
 
-# The dataset needs torch; these are imported only when asked for, so the converter and tools start fast.
-_LAZY = {"StreamingMixedShardDataset": "dataset", "StreamIterator": "iterator", "Stats": "stats"}
+# The dataset and unpack_planes need torch: imported only when asked for, so the converter and tools start fast.
+_LAZY = {
+    "StreamingMixedShardDataset": "dataset",
+    "StreamIterator": "iterator",
+    "Stats": "stats",
+    "unpack_planes": "planes",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -42,5 +48,7 @@ __all__ = [
     "Stats",
     "StreamIterator",
     "StreamingMixedShardDataset",
+    "packed_bytes",
     "train_val_split",
+    "unpack_planes",
 ]

@@ -12,7 +12,7 @@ import pytest
 from mmpool.errors import ConfigError
 from mmpool.legacy import read_shard, scan_shard
 from mmpool.sources import last_integer, list_files
-from mmpool.synthetic import make_positions, make_synthetic, position_dtype, write_legacy_shard
+from mmpool.synthetic import katago_rows, make_positions, make_synthetic, position_dtype, write_legacy_shard
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -175,3 +175,45 @@ def test_cli(tmp_path: Path) -> None:
     assert "60 rows" in out.stdout
     info = scan_shard(tmp_path / "r" / "dir0" / "shard_00001.npy", 1)
     assert info.rows == 20 and info.fields["planes"][1] == (2, 8, 8)
+
+
+def test_katago_rows_layout_and_structure() -> None:
+    n = 300
+    r = katago_rows(n, seed=4)
+    want = {
+        "binaryInputNCHWPacked": (np.uint8, (22, 46)),
+        "globalInputNC": (np.float32, (19,)),
+        "policyTargetsNCMove": (np.int16, (2, 362)),
+        "globalTargetsNC": (np.float32, (80,)),
+        "scoreDistrN": (np.int8, (842,)),
+        "valueTargetsNCHW": (np.int8, (5, 19, 19)),
+        "qValueTargetsNCMove": (np.int16, (3, 362)),
+        "metadataInputNC": (np.float32, (192,)),
+    }
+    assert {k: (v.dtype, v.shape) for k, v in r.items()} == {k: (np.dtype(d), (n, *s)) for k, (d, s) in want.items()}
+    bits = np.unpackbits(r["binaryInputNCHWPacked"], axis=-1)
+    assert not bits[..., 361:].any()  # padding bits zero
+    planes = bits[..., :361].astype(bool)
+    assert planes[:, 0].all() and not (planes[:, 1] & planes[:, 2]).any()  # on board; own and opponent disjoint
+    assert 0 < planes[:, 1:3].sum(axis=(1, 2)).mean() < 361 * 0.55
+    stones = planes[:, 1] | planes[:, 2]
+    assert not (planes[:, 3:6].any(axis=1) & ~stones).any()  # liberty planes mark stones only
+    assert (planes[:, 9].sum(axis=1) <= 1).all() and not (planes[:, 9] & ~planes[:, 2]).any()  # last move: opponent
+    policy = r["policyTargetsNCMove"].astype(np.int64)
+    assert (policy >= 0).all() and (policy[:, 0].sum(axis=1) > 0).all()
+    assert not (policy[:, 0, :361] & stones).any()  # no visits on occupied squares; pass (361) may have some
+    assert (policy[:, 1].sum(axis=1) == 1).all()
+    assert (r["scoreDistrN"].sum(axis=1, dtype=np.int64) == 100).all()
+    own = r["valueTargetsNCHW"][:, 0].reshape(n, 361)
+    assert set(np.unique(own)) <= {-1, 0, 1} and (own[planes[:, 1]] == 1).all() and (own[planes[:, 2]] == -1).all()
+    gt = r["globalTargetsNC"]
+    np.testing.assert_allclose(gt[:, 0] + gt[:, 1], 1.0, rtol=1e-6)
+    q = r["qValueTargetsNCMove"]
+    assert not q[(policy[:, 0] == 0)[:, None, :].repeat(3, axis=1)].any()  # q only where searched
+    again = katago_rows(n, seed=4)
+    assert all(np.array_equal(again[k], r[k]) for k in r)
+    assert not np.array_equal(katago_rows(n, seed=5)["binaryInputNCHWPacked"], r["binaryInputNCHWPacked"])
+    old = katago_rows(3, seed=0, global_targets=64, with_q=False)
+    assert old["globalTargetsNC"].shape == (3, 64) and "qValueTargetsNCMove" not in old
+    with pytest.raises(ConfigError, match="global_targets=40"):
+        katago_rows(3, seed=0, global_targets=40)
