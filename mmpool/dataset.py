@@ -31,7 +31,7 @@ from mmpool.augment import Augmentation
 from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError, MemoryLimitExceeded
 from mmpool.iterator import Participant, Position, StreamIterator
-from mmpool.memory import GIB, anon_bytes, measure, report
+from mmpool.memory import GIB, anon_bytes, batch_buffer_bytes, measure, report
 from mmpool.packing import ENTRY_BYTES, MAX_SYMMETRIES
 from mmpool.pool import default_threshold
 from mmpool.stats import MAX_WORKERS, Stats, StatsBoard
@@ -39,7 +39,6 @@ from mmpool.stats import MAX_WORKERS, Stats, StatsBoard
 log = logging.getLogger("mmpool")
 STATE_VERSION = 1
 PROGRESS_KEYS = ("epoch", "start", "items", "worker", "num_workers")
-BATCH_BUFFERS = 4  # gathered batch buffers reserved per gathering process (records, augmented copy, tensors, spare)
 Transform = Callable[[dict[str, np.ndarray]], dict[str, Any]]
 
 
@@ -278,7 +277,7 @@ class StreamingMixedShardDataset(IterableDataset):
 
     def batch_buffer_bytes(self) -> int:
         """Bytes of the gathered batch buffers one gathering process may hold at once."""
-        return BATCH_BUFFERS * (self.batch_size or self.chunk_size) * self.catalog.schema.itemsize
+        return batch_buffer_bytes(self.batch_size or self.chunk_size, self.catalog.schema.itemsize)
 
     # ----- configuration -----
 

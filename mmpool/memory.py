@@ -19,6 +19,14 @@ import psutil
 from mmpool.errors import MemoryLimitExceeded
 
 GIB = 1 << 30
+# Gathered batch buffers a gathering process may hold at once (records, augmented copy, tensors, a spare): what the
+# dataset's up-front check and ``mmpool plan`` reserve besides the pool.
+BATCH_BUFFERS = 4
+
+
+def batch_buffer_bytes(batch: int, itemsize: int) -> int:
+    """Bytes of the batch buffers one gathering process reserves."""
+    return BATCH_BUFFERS * batch * itemsize
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,11 @@ import numpy as np
 
 from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError
-from mmpool.memory import GIB, anon_bytes
-from mmpool.pool import IndexPool
+from mmpool.memory import BATCH_BUFFERS, GIB, anon_bytes, batch_buffer_bytes
+from mmpool.packing import ENTRY_BYTES
+from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
 from mmpool.schedule import Segments, plan_epoch
 
-ENTRY_BYTES = 8  # one uint64 per pool entry (as in mmpool.dataset)
-BATCH_BUFFERS = 4  # gathered batch buffers per gathering process (as the dataset's up-front check reserves)
 HEADROOM = 32 << 20  # left free under the cap: what a process allocates between this plan and the pool
 # What a DataLoader worker writes of its own (pages copied on write, its interpreter's allocations), pool aside:
 # measured 8 MB each with torch 2.13 on Linux 6.18 (1, 2 and 4 workers); 12 MB leaves a margin.
@@ -207,7 +206,7 @@ def plan(
     segments, _ = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, world_size * parts)
     mine = segments[:parts]  # rank 0's participants; every rank's are as large, to a row
     baseline = _baseline() if baseline_gb is None else int(baseline_gb * GIB)
-    batch_bytes = BATCH_BUFFERS * batch_size * cat.schema.itemsize
+    batch_bytes = batch_buffer_bytes(batch_size, cat.schema.itemsize)
     worker_bytes = WORKER_BYTES if _pss_counted() else baseline + WORKER_BYTES
     max_pool = max(0, (cap - HEADROOM - baseline - workers * worker_bytes - parts * batch_bytes) // ENTRY_BYTES)
     epoch_entries = sum(s.positions for s in mine) * factor
@@ -215,12 +214,12 @@ def plan(
         pool_size = max(2, min(max_pool, epoch_entries))
     pool_size = int(pool_size)
     if refill_threshold is None:
-        refill_threshold = max(1, pool_size * 3 // 4)
+        refill_threshold = default_threshold(pool_size)
     if not 1 <= refill_threshold < pool_size:
         raise ConfigError(f"refill_threshold={refill_threshold} must be at least 1 and below pool_size={pool_size}")
     # As the dataset splits them: each participant's pool is a share of the rank's, never above its epoch.
-    capacity = [max(1, min(-(-pool_size // parts), s.positions * factor)) for s in mine]
-    threshold = -(-refill_threshold // parts)
+    share, threshold = participant_pool(pool_size, refill_threshold, parts)
+    capacity = [pool_capacity(share, s.positions, factor) for s in mine]
     window = _window(cat, mine[0], capacity[0], min(threshold, capacity[0]), factor, batch_size, max_open_packs, seed)
     fill_ns = _calibrate()
     build = _fill_seconds(capacity[0], fill_ns) * -(-parts // max(1, os.cpu_count() or 1))
