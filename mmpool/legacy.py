@@ -232,9 +232,21 @@ def _npz_shapes(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     return shapes
 
 
+def _creation_order(fh: h5py.File) -> list[str]:
+    """Names in the order they were written where the file tracks it (``track_order=True``), else h5py's order
+    (alphabetical). Asked for explicitly: h5py before 3.10 lists alphabetically even when the order is tracked."""
+    names: list[str] = []
+    try:
+        fh.id.links.iterate(lambda n: names.append(n.decode()), idx_type=h5py.h5.INDEX_CRT_ORDER)
+    except (KeyError, RuntimeError, ValueError):  # no creation-order index in this file
+        return list(fh.keys())
+    return names
+
+
 def _h5_datasets(path: Path, fh: h5py.File) -> dict[str, h5py.Dataset]:
     out = {}
-    for name, item in fh.items():
+    for name in _creation_order(fh):
+        item = fh[name]
         if not isinstance(item, h5py.Dataset):
             continue  # groups hold metadata, not rows
         if h5py.check_vlen_dtype(item.dtype) is not None or item.dtype.hasobject:
