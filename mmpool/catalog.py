@@ -92,7 +92,7 @@ class Catalog:
         self.shard_rows = np.array(rows, dtype=np.int64)
         self.shard_pack = np.array(pack, dtype=np.int32)
         self.shard_first_row = np.array(first, dtype=np.int64)
-        self.weights = self._weights(weights)
+        self.weights = dir_weights(weights, self.shard_dir, self.shard_rows, self.num_dirs)
         check_limits(self.num_shards, int(self.shard_rows.max()), ", ".join(map(str, self.dirs)))
 
     @property
@@ -126,21 +126,22 @@ class Catalog:
                 )
         return first
 
-    def _weights(self, weights: Weights) -> np.ndarray:
-        if isinstance(weights, str):
-            if weights == "shards":
-                w = self.shards_per_dir().astype(np.float64)
-            elif weights == "records":
-                w = self.records_per_dir().astype(np.float64)
-            else:
-                raise ConfigError(f"weights={weights!r}: use 'shards', 'records' or one number per directory")
+
+def dir_weights(weights: Weights, shard_dir: np.ndarray, shard_rows: np.ndarray, num_dirs: int) -> np.ndarray:
+    """Normalised directory weights: ``"shards"`` (selected shards per directory), ``"records"``, or one number
+    per directory."""
+    if isinstance(weights, str):
+        if weights == "shards":
+            w = np.bincount(shard_dir, minlength=num_dirs).astype(np.float64)
+        elif weights == "records":
+            w = np.bincount(shard_dir, weights=shard_rows, minlength=num_dirs).astype(np.int64).astype(np.float64)
         else:
-            w = np.asarray(weights, dtype=np.float64)
-            if w.shape != (self.num_dirs,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
-                raise ConfigError(
-                    f"weights={list(weights)!r}: give one positive finite number per directory ({self.num_dirs})"
-                )
-        return w / w.sum()
+            raise ConfigError(f"weights={weights!r}: use 'shards', 'records' or one number per directory")
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (num_dirs,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ConfigError(f"weights={list(weights)!r}: give one positive finite number per directory ({num_dirs})")
+    return w / w.sum()
 
 
 def _differences(a: Schema, b: Schema) -> str:

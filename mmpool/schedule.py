@@ -68,24 +68,70 @@ def plan_epoch(
     shard to shard, so totals differ by at most one; each participant is then cut to the smallest total (the
     *quota*) so every rank yields the same number of examples. Returns the segments and the quota.
     """
+    pieces = epoch_rows(shard_dir, shard_rows, weights, max_positions)
+    sizes = block_sizes(pieces.hi, participants)
+    quota = int(sizes.sum(axis=0).min())
+    return assign_blocks(pieces, np.arange(len(pieces.shard)), sizes, np.full(participants, quota)), quota
+
+
+def epoch_rows(
+    shard_dir: np.ndarray, shard_rows: np.ndarray, weights: np.ndarray, max_positions: int | None = None
+) -> Segments:
+    """The rows an epoch uses, one range ``[0, n)`` per shard in activation order, cut after ``max_positions``."""
     order = activation_order(shard_dir, shard_rows, weights)
     n = shard_rows[order].astype(np.int64)
     if max_positions is not None:
         keep = np.cumsum(n) - n < max_positions
         order, n = order[keep], n[keep]
         n[-1] -= max(0, int(n.sum()) - max_positions)
+    return Segments(order, np.zeros_like(n), n)
+
+
+def block_sizes(unit_rows: np.ndarray, participants: int) -> np.ndarray:
+    """``(units, participants)`` block sizes: each unit's rows cut into ``participants`` contiguous blocks.
+
+    Which participants get the one-row remainders rotates from unit to unit, so totals differ by at most one.
+    """
+    n = np.asarray(unit_rows, dtype=np.int64)
     base, rem = n // participants, n % participants
-    start = (np.cumsum(rem) - rem) % participants  # who gets the first extra row of each shard
+    start = (np.cumsum(rem) - rem) % participants  # who gets the first extra row of each unit
     p = np.arange(participants)
-    sizes = base[:, None] + ((p[None, :] - start[:, None]) % participants < rem[:, None])
-    lows = np.cumsum(sizes, axis=1) - sizes
-    quota = int(sizes.sum(axis=0).min())
-    plans = []
-    for q in range(participants):
-        lo, hi = lows[:, q], lows[:, q] + sizes[:, q]
-        # Cut to the quota from the end of this participant's activation order.
-        over = np.cumsum(hi - lo) - quota
-        hi = np.where(over > 0, np.maximum(lo, hi - over), hi)
-        keep = hi > lo
-        plans.append(Segments(order[keep], lo[keep], hi[keep]))
-    return plans, quota
+    return base[:, None] + ((p[None, :] - start[:, None]) % participants < rem[:, None])
+
+
+def assign_blocks(pieces: Segments, piece_unit: np.ndarray, sizes: np.ndarray, keep: np.ndarray) -> list[Segments]:
+    """Each participant's row ranges, in activation order.
+
+    ``pieces`` are row ranges in activation order, grouped into units (``piece_unit``, non-decreasing; a unit is
+    one shard, whose rows may lie in several pieces). A unit's rows, taken piece after piece, are cut into
+    consecutive blocks of ``sizes[unit, participant]`` rows, participant 0 first, so each participant's rows of a
+    shard lie in one window of it and all windows are disjoint. Participant ``q`` keeps the first ``keep[q]`` rows
+    of its blocks in activation order (the rest is cut from its end).
+    """
+    participants = sizes.shape[1]
+    piece_len = pieces.hi - pieces.lo
+    piece_at = np.cumsum(piece_len) - piece_len  # where each piece starts in the concatenation of all pieces
+    unit_len = np.bincount(piece_unit, weights=piece_len, minlength=len(sizes)).astype(np.int64)
+    unit_at = np.cumsum(unit_len) - unit_len
+    over = np.cumsum(sizes, axis=0) - keep[None, :]  # rows past each participant's quota, by the end of each unit
+    kept = np.clip(sizes - np.maximum(over, 0), 0, sizes)
+    block_at = (unit_at[:, None] + np.cumsum(sizes, axis=1) - sizes).ravel()
+    nonempty = sizes.ravel() > 0
+    block_at, block_end = block_at[nonempty], block_at[nonempty] + kept.ravel()[nonempty]
+    block_owner = np.tile(np.arange(participants), len(sizes))[nonempty]
+    # Cut the concatenation at every piece and block boundary: each cut interval lies in one piece and one block.
+    cuts = np.unique(np.concatenate([piece_at[piece_len > 0], block_at, block_end]))
+    stops = np.append(cuts[1:], unit_len.sum())[: len(cuts)]
+    b = np.searchsorted(block_at, cuts, side="right") - 1
+    used = cuts < block_end[b]
+    cuts, stops, b = cuts[used], stops[used], b[used]
+    piece = np.searchsorted(piece_at, cuts, side="right") - 1
+    lo = pieces.lo[piece] + cuts - piece_at[piece]
+    hi = lo + stops - cuts
+    owner = block_owner[b]
+    by_owner = np.argsort(owner, kind="stable")  # stays in activation order inside each participant
+    bounds = np.searchsorted(owner[by_owner], np.arange(participants + 1))
+    return [
+        Segments(pieces.shard[piece][i], lo[i], hi[i])
+        for i in (by_owner[bounds[q] : bounds[q + 1]] for q in range(participants))
+    ]
