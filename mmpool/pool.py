@@ -3,7 +3,8 @@
 Only numpy arrays: no Python object per entry, so forked DataLoader workers do not copy the pool page by page
 (pytorch#13246). The pool hands out entries uniformly at random without replacement and is refilled from the
 participant's segments, in activation order and sequentially inside each shard, whenever it drops below the
-threshold.
+threshold. A continued epoch (an elastic resume) also hands a pool *preloaded* entries, the leftovers of the pools
+of the run it continues: they enter the pool before any segment row.
 
 How it stays uniform without reshuffling everything at each refill: the buffer holds a few *runs*, each an
 independently, uniformly shuffled array. A draw of ``n`` entries takes a multivariate-hypergeometric number from
@@ -38,15 +39,17 @@ def default_threshold(pool_size: int) -> int:
     return max(1, pool_size * 3 // 4)
 
 
-def pool_capacity(capacity: int, positions: int, factor: int) -> int:
-    """Entries a pool really holds: never more than its epoch, and at least one position's symmetries."""
-    return max(factor, min(capacity, positions * factor))
+def pool_capacity(capacity: int, positions: int, factor: int, preloaded: int = 0) -> int:
+    """Entries a pool really holds: never more than its epoch (its positions' symmetries and its preloaded
+    entries), and at least one position's symmetries."""
+    return max(factor, min(capacity, positions * factor + preloaded))
 
 
 class IndexPool:
     """The pool of one participant for one epoch.
 
     ``on_activate(shard, lo, hi)`` is called for every row range that enters the pool (to read it ahead).
+    ``preloaded`` entries enter the pool first (as many as fit), before the segments' rows.
     """
 
     def __init__(
@@ -58,11 +61,14 @@ class IndexPool:
         rng: np.random.Generator,
         num_shards: int,
         on_activate: Callable[[int, int, int], None] | None = None,
+        preloaded: np.ndarray | None = None,
     ) -> None:
         self.segments = segments
         self.factor = factor
         self.rng = rng
-        self.capacity = pool_capacity(capacity, segments.positions, factor)
+        self.preloaded = np.empty(0, dtype=np.uint64) if preloaded is None else preloaded
+        self.pre = 0  # preloaded entries already in the pool
+        self.capacity = pool_capacity(capacity, segments.positions, factor, len(self.preloaded))
         self.threshold = min(threshold, self.capacity)
         self.buf = np.empty(self.capacity, dtype=np.uint64)
         self.runs: list[list[int]] = []  # [start, length]; each run uniformly shuffled, consumed from its end
@@ -76,8 +82,8 @@ class IndexPool:
 
     @property
     def data_left(self) -> bool:
-        """Whether some segment rows are not in the pool yet."""
-        return self.seg < len(self.segments.shard)
+        """Whether some preloaded entries or segment rows are not in the pool yet."""
+        return self.pre < len(self.preloaded) or self.seg < len(self.segments.shard)
 
     @property
     def exhausted(self) -> bool:
@@ -111,15 +117,17 @@ class IndexPool:
     def fill(self) -> int:
         """Top the pool up to capacity from the next segment rows; returns the number of entries added."""
         free = self.capacity - self.size
-        positions = free // self.factor
-        if positions == 0 or not self.data_left:
+        preload = min(free, len(self.preloaded) - self.pre)
+        positions = (free - preload) // self.factor
+        if (positions == 0 or self.seg == len(self.segments.shard)) and preload == 0:
             return 0
         keep, merge = self._split_runs(free)
         # The small runs are reshuffled with the new entries: set them aside, close the gaps, put them back.
         small = np.concatenate([self.buf[s : s + n] for s, n in merge]) if merge else self.buf[:0]
         end = self._compact(keep)
         self.buf[end : end + len(small)] = small
-        added = self._activate(end + len(small), positions)
+        added = self._preload(end + len(small), preload)
+        added += self._activate(end + len(small) + added, positions)
         region = self.buf[end : end + len(small) + added]
         del small
         self.rng.shuffle(region)
@@ -156,6 +164,37 @@ class IndexPool:
         np.subtract.at(self.outstanding, shard_of(out), 1)
         return out
 
+    def take(self, n: int, refill: Callable[[], object]) -> np.ndarray:
+        """The entries of the stream's next batch (or chunk) of ``n``: a draw, completed across refills when the
+        pool held less, then a refill if the pool fell below the threshold. ``refill`` tops the pool up (the
+        stream's refill also unmaps packs and checks memory); a resume replays exactly these steps."""
+        packed = self.draw(n)
+        while len(packed) < n and self.data_left:  # the pool held less than a batch: refill, complete it
+            refill()
+            packed = np.concatenate([packed, self.draw(n - len(packed))])
+        if self.size < self.threshold and self.data_left:
+            refill()
+        return packed
+
+    def remaining(self) -> tuple[np.ndarray, Segments]:
+        """What this pool has not handed out: its entries (pooled, then preloaded ones not pooled yet) and the
+        segment rows it has not activated."""
+        entries = [self.buf[s : s + n] for s, n in sorted(self.runs)] + [self.preloaded[self.pre :]]
+        segs, i = self.segments, self.seg
+        lo = segs.lo[i:].copy()
+        if i < len(segs.shard):
+            lo[0] = self.row
+        return np.concatenate(entries), Segments(segs.shard[i:], lo, segs.hi[i:])
+
+    def _preload(self, at: int, n: int) -> int:
+        """Copy the next ``n`` preloaded entries to ``buf[at:]``; returns ``n``."""
+        if n:
+            block = self.preloaded[self.pre : self.pre + n]
+            self.buf[at : at + n] = block
+            self.outstanding += np.bincount(shard_of(block), minlength=len(self.outstanding))
+            self.pre += n
+        return n
+
     def _split_runs(self, free: int) -> tuple[list[list[int]], list[list[int]]]:
         """Runs kept as they are (larger than a quarter of the refill) and runs reshuffled with the new entries."""
         runs = sorted(self.runs, key=lambda r: -r[1])
@@ -178,11 +217,12 @@ class IndexPool:
     def _activate(self, at: int, positions: int) -> int:
         """Write the entries of the next ``positions`` segment rows at ``buf[at:]``; returns entries written."""
         segs, k, written = self.segments, self.factor, 0
-        while positions and self.data_left:
+        while positions and self.seg < len(segs.shard):
             g = int(segs.shard[self.seg])
             lo = self.row
             hi = min(int(segs.hi[self.seg]), lo + positions)
-            if lo == int(segs.lo[self.seg]):
+            # A continued epoch's shard may come in several consecutive segments: count it once.
+            if lo == int(segs.lo[self.seg]) and (self.seg == 0 or int(segs.shard[self.seg - 1]) != g):
                 self.activated_shards += 1
             # Written in place (symmetry 0 first, the others from it), with one arange per segment as the only
             # temporary: a 40M-entry build takes ~4x less CPU than building the entries apart and copying them in.
@@ -200,6 +240,6 @@ class IndexPool:
             self.row = hi
             if hi == int(segs.hi[self.seg]):
                 self.seg += 1
-                if self.data_left:
+                if self.seg < len(segs.shard):
                     self.row = int(segs.lo[self.seg])
         return written
