@@ -7,16 +7,12 @@ Each rank runs the script below in its own process, steps through its DataLoader
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIELDS, Data, free_port, id_dir, id_row, id_shard
+from conftest import FIELDS, Data, id_dir, id_row, id_shard, launch_ranks
 
-REPO = Path(__file__).resolve().parent.parent
 WORLD = 2
 
 RANK_SCRIPT = r"""
@@ -62,40 +58,7 @@ def run_ranks(out: Path, runs: dict[str, dict]) -> dict[str, Run]:
         {"name": name, "out": str(out), "pool_size": 1000, "drop_last": False, "workers": 0, **cfg}
         for name, cfg in runs.items()
     ]
-    port = free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            LOCAL_RANK=str(rank),
-            PYTHONPATH=str(REPO),
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), json.dumps(cfgs)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    errs = []
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=180)
-            errs.append(err)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, err) in enumerate(zip(procs, errs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{err}"
+    errs = launch_ranks(script, WORLD, [json.dumps(cfgs)])
     results = {}
     for name in runs:
         fields, reports, logs = [], [], []
@@ -230,31 +193,7 @@ def test_ranks_agree_on_shards_converted_between_epochs(tmp_path: Path) -> None:
     convert(src, dst, pack_size=1 << 20, progress=False)
     script = tmp_path / "rank.py"
     script.write_text(NEW_SHARDS_SCRIPT)
-    port = free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            PYTHONPATH=str(REPO),
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(src), str(dst), str(later), str(tmp_path)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for rank, p in enumerate(procs):
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, f"rank {rank} failed:\n{err}"
+    launch_ranks(script, WORLD, [str(src), str(dst), str(later), str(tmp_path)])
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [(r["before"], r["after"]) for r in reports] == [(6, 8), (6, 8)]
     assert reports[0]["batches"] == reports[1]["batches"] == 16  # 1600 records, 2 ranks, batches of 50
