@@ -6,7 +6,11 @@ then IndexPool fills and draws with its own generator) up to the item its state 
 in its pool (explicit packed entries, so a position whose symmetries were partly drawn keeps the others) and the
 rows it never activated. The continuation then splits that remainder between the new participants:
 
-- the leftover entries are shuffled and dealt out: they are each new pool's first content (*preloaded*);
+- the leftover entries are dealt out in contiguous shares of a fixed order (each old pool's leftovers shuffled,
+  one pool after another): they are each new pool's first content (*preloaded*). A new participant's share lies
+  in one or two old pools (when the run shrinks) or in part of one (when it grows), so each process replays the
+  entries of only those pools; every other old pool's counts (how far it read, how much it held) are replayed
+  without entries or generator, which costs next to nothing;
 - the rows never activated are scheduled like an epoch, with the new run's weights: a shard is one unit of the
   activation order (each directory's shards keep their order), its remaining rows are cut into one block per new
   participant (each block lies in one window of the shard, and all workers walk the same shards);
@@ -22,15 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from mmpool.catalog import dir_weights
 from mmpool.errors import ConfigError
-from mmpool.pool import IndexPool
+from mmpool.pool import IndexPool, PoolCounts
 from mmpool.schedule import Segments, activation_order, assign_blocks, block_sizes, epoch_rows, plan_epoch
 
 ELASTIC_KEYS = ("world_size", "rank", "weights")  # what a continuation may change; anything else is a ConfigError
@@ -77,19 +82,56 @@ class RunSpec:
     def participants(self) -> int:
         return self.world_size * self.workers
 
+    @property
+    def capacity(self) -> int:
+        return -(-self.pool_size // self.workers)
+
+    @property
+    def threshold(self) -> int:
+        return -(-self.refill_threshold // self.workers)
+
     def pool(self, plan: Plan, participant: int, epoch: int, num_shards: int, on_activate: Any = None) -> IndexPool:
         """The IndexPool of one participant of this run for ``plan``, exactly as its stream builds it."""
         seq = [self.seed, epoch, participant, self.participants] + ([plan.depth] if plan.depth else [])
         return IndexPool(
             plan.segments[participant],
-            -(-self.pool_size // self.workers),
-            -(-self.refill_threshold // self.workers),
+            self.capacity,
+            self.threshold,
             self.factor,
             np.random.default_rng(np.random.SeedSequence(seq)),
             num_shards,
             on_activate,
-            plan.preloaded[participant],
+            plan.preloaded(participant),
         )
+
+    def counts(self, plan: Plan, participant: int) -> PoolCounts:
+        """The same pool's counts alone: what its fills and draws reach, without entries or generator."""
+        count = int(plan.bounds[participant + 1] - plan.bounds[participant])
+        return PoolCounts(plan.segments[participant], self.capacity, self.threshold, self.factor, count)
+
+
+class Leftovers:
+    """Entries left in pools, in a fixed order: parts one after another, each made (and kept) only when a range
+    that overlaps it is asked for."""
+
+    def __init__(self, parts: Sequence[tuple[int, Callable[[], np.ndarray]]] = ()) -> None:
+        self.starts = np.cumsum([0, *(n for n, _ in parts)])
+        self._makers = [make for _, make in parts]
+        self._made: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def range(self, lo: int, hi: int) -> np.ndarray:
+        """Entries ``lo..hi-1``."""
+        out = [np.empty(0, dtype=np.uint64)]
+        for i in np.flatnonzero((self.starts[:-1] < hi) & (self.starts[1:] > lo)).tolist():
+            if i not in self._made:
+                self._made[i] = self._makers[i]()
+                assert len(self._made[i]) == self.starts[i + 1] - self.starts[i], "a part of another size"
+            at = int(self.starts[i])
+            out.append(self._made[i][max(lo - at, 0) : min(hi, int(self.starts[i + 1])) - at])
+        return np.concatenate(out)
 
 
 @dataclass(frozen=True)
@@ -97,7 +139,7 @@ class Remainder:
     """What is left of an epoch: entries drawn from no pool yet, and rows no pool activated (disjoint ranges,
     sorted by shard and row)."""
 
-    pooled: np.ndarray
+    pooled: Leftovers
     rows: Segments
 
 
@@ -105,13 +147,17 @@ class Remainder:
 class Plan:
     """How an epoch, or what remained of it, is split between the participants of one run."""
 
-    preloaded: list[np.ndarray]  # per participant: entries that enter its pool first
     segments: list[Segments]  # per participant: its rows, in activation order
     quota: int  # entries (examples) each participant yields
     dropped: int  # entries left out so that every participant yields the quota
     rows: Segments  # the rows this plan schedules, sorted by shard
-    unused: np.ndarray  # pooled entries left out (part of ``dropped``)
     depth: int  # 0: a whole epoch; n: the n-th continuation of it
+    pooled: Leftovers  # the entries it deals out (none for a whole epoch)
+    bounds: np.ndarray  # participant q preloads pooled[bounds[q]:bounds[q+1]]; entries past the last are unused
+
+    def preloaded(self, participant: int) -> np.ndarray:
+        """The entries that enter this participant's pool first."""
+        return self.pooled.range(int(self.bounds[participant]), int(self.bounds[participant + 1]))
 
 
 def epoch_plan(shard_dir: np.ndarray, shard_rows: np.ndarray, run: RunSpec) -> Plan:
@@ -119,8 +165,7 @@ def epoch_plan(shard_dir: np.ndarray, shard_rows: np.ndarray, run: RunSpec) -> P
     segments, quota = plan_epoch(shard_dir, shard_rows, run.weights, run.participants, run.max_positions)
     rows = _sorted(epoch_rows(shard_dir, shard_rows, run.weights, run.max_positions))
     dropped = (rows.positions - quota * run.participants) * run.factor
-    empty = np.empty(0, dtype=np.uint64)
-    return Plan([empty] * run.participants, segments, quota * run.factor, dropped, rows, empty, 0)
+    return Plan(segments, quota * run.factor, dropped, rows, 0, Leftovers(), np.zeros(run.participants + 1, int))
 
 
 def continued_plan(remainder: Remainder, shard_dir: np.ndarray, run: RunSpec, epoch: int, depth: int) -> Plan:
@@ -145,43 +190,51 @@ def continued_plan(remainder: Remainder, shard_dir: np.ndarray, run: RunSpec, ep
         quota -= 1
     keep = np.minimum(have, quota // k)
     segments = assign_blocks(pieces, rank[unit_of][by_rank], sizes, keep)
-    shuffled = remainder.pooled.copy()
-    np.random.default_rng(np.random.SeedSequence([run.seed, epoch, n_part, depth, _SPLIT])).shuffle(shuffled)
     bounds = np.cumsum([0, *(quota - k * keep)])
-    preloaded = [shuffled[bounds[q] : bounds[q + 1]] for q in range(n_part)]
     dropped = pooled + k * int(have.sum()) - n_part * quota
-    return Plan(preloaded, segments, quota, dropped, rows, shuffled[bounds[-1] :], depth)
+    return Plan(segments, quota, dropped, rows, depth, remainder.pooled, bounds)
 
 
 def remainder_of(
     plan: Plan, run: RunSpec, epoch: int, items: Sequence[int | None], shard_rows: np.ndarray
 ) -> Remainder:
     """What is left of ``plan`` once each participant ``q`` of ``run`` has yielded ``items[q]`` items (None: all
-    of its part); replays each participant's fills and draws, never reads a record."""
+    of its part). Replays each participant's counts now, its entries only when they are asked for; never reads
+    a record."""
     if len(items) != run.participants:
         raise ConfigError(f"{len(items)} positions for the {run.participants} participants of the saved run")
-    pooled = [plan.unused]
+    unused = len(plan.pooled) - int(plan.bounds[-1])
+    parts = [(unused, partial(plan.pooled.range, int(plan.bounds[-1]), len(plan.pooled)))]
     activated = []
     for q, n in enumerate(items):
         segs = plan.segments[q]
         if n is None:  # finished: everything of its part was drawn
             activated.append(segs)
-        elif n == 0:  # not started: nothing was activated
-            pooled.append(plan.preloaded[q])
-        else:
-            pool = run.pool(plan, q, epoch, len(shard_rows))
-            undelivered = _replay(pool, run, n, q)
-            entries, left = pool.remaining()
-            pooled += [entries, undelivered]
-            done = len(segs.shard) - len(left.shard)  # activated: the segments before ``left``, and its first part
-            lo = segs.lo[: done + len(left.lo[:1])]
-            hi = np.concatenate([segs.hi[:done], left.lo[:1]])
-            activated.append(Segments(segs.shard[: len(lo)], lo, hi))
+            parts.append((0, partial(np.empty, 0, np.uint64)))
+            continue
+        counts = run.counts(plan, q)
+        undelivered = _replay(counts, run, n, q) if n else counts.draw(0)
+        left = counts.size + len(undelivered) + counts.preloaded_total - counts.pre
+        parts.append((left, partial(_leftovers, plan, run, epoch, q, n, len(shard_rows))))
+        lo = segs.lo[: counts.seg + (counts.seg < len(segs.shard))]
+        hi = np.concatenate([segs.hi[: counts.seg], np.array([counts.row][: len(lo) - counts.seg], np.int64)])
+        activated.append(Segments(segs.shard[: len(lo)], lo, hi))
     rows = subtract(plan.rows, _concat(activated), shard_rows)
-    return Remainder(np.concatenate(pooled), rows)
+    return Remainder(Leftovers(parts), rows)
 
 
-def _replay(pool: IndexPool, run: RunSpec, items: int, participant: int) -> np.ndarray:
+def _leftovers(plan: Plan, run: RunSpec, epoch: int, q: int, items: int, num_shards: int) -> np.ndarray:
+    """The entries participant ``q`` had not yielded after ``items`` items, shuffled (so that any part of them is
+    a uniform sample): its pool replayed with its generator."""
+    pool = run.pool(plan, q, epoch, num_shards)
+    undelivered = _replay(pool, run, items, q) if items else pool.preloaded[:0]
+    out = np.concatenate([pool.entries_left(), undelivered])
+    seq = [run.seed, epoch, q, run.participants, plan.depth, _SPLIT]
+    np.random.default_rng(np.random.SeedSequence(seq)).shuffle(out)
+    return out
+
+
+def _replay(pool: PoolCounts, run: RunSpec, items: int, participant: int) -> np.ndarray:
     """Draw as the stream drew for its first ``items`` items; returns entries drawn but not yielded yet (the
     rest of the last chunk of single examples)."""
     pool.fill()

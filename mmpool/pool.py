@@ -45,7 +45,100 @@ def pool_capacity(capacity: int, positions: int, factor: int, preloaded: int = 0
     return max(factor, min(capacity, positions * factor + preloaded))
 
 
-class IndexPool:
+class PoolCounts:
+    """How full a pool is and how far it has read its segments: an IndexPool without its entries.
+
+    Every size and position a pool's fills and draws reach depends on the counts alone, never on the generator,
+    so replaying these counts tells cheaply what a saved pool had activated and how many entries it held
+    (an elastic resume replays the entries themselves only where it needs them).
+    """
+
+    def __init__(self, segments: Segments, capacity: int, threshold: int, factor: int, preloaded: int = 0) -> None:
+        self.segments = segments
+        self.factor = factor
+        self.preloaded_total = preloaded
+        self.pre = 0  # preloaded entries already in the pool
+        self.capacity = pool_capacity(capacity, segments.positions, factor, preloaded)
+        self.threshold = min(threshold, self.capacity)
+        self.size = 0
+        self.seg = 0  # next segment to activate
+        self.row = int(segments.lo[0]) if len(segments.shard) else 0  # next row inside it
+        self.activated_shards = 0
+        self.refills = 0
+
+    @property
+    def data_left(self) -> bool:
+        """Whether some preloaded entries or segment rows are not in the pool yet."""
+        return self.pre < self.preloaded_total or self.seg < len(self.segments.shard)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.size == 0 and not self.data_left
+
+    def shards_fully_activated(self) -> np.ndarray:
+        """Global ids of shards whose rows (for this participant) have all entered the pool."""
+        return self.segments.shard[: self.seg]
+
+    def fill(self) -> int:
+        """Top the pool up to capacity (preloaded entries first, then the next segment rows); returns the number
+        of entries added."""
+        room = self._room()
+        if room is None:
+            return 0
+        added = room[0] + sum((hi - lo) * self.factor for _, lo, hi in self._advance(room[1]))
+        self.pre += room[0]
+        self.size += added
+        self.refills += 1
+        return added
+
+    def draw(self, n: int) -> np.ndarray:
+        """Stands for ``n`` drawn entries (fewer only when the epoch runs out): only its length is meaningful."""
+        n = min(n, self.size)
+        self.size -= n
+        return np.broadcast_to(np.uint64(0), (n,))
+
+    def take(self, n: int, refill: Callable[[], object]) -> np.ndarray:
+        """The entries of the stream's next batch (or chunk) of ``n``: a draw, completed across refills when the
+        pool held less, then a refill if the pool fell below the threshold. ``refill`` tops the pool up (the
+        stream's refill also unmaps packs and checks memory); a resume replays exactly these steps."""
+        packed = self.draw(n)
+        while len(packed) < n and self.data_left:  # the pool held less than a batch: refill, complete it
+            refill()
+            packed = np.concatenate([packed, self.draw(n - len(packed))])
+        if self.size < self.threshold and self.data_left:
+            refill()
+        return packed
+
+    def _room(self) -> tuple[int, int] | None:
+        """(preloaded entries, segment positions) the next fill adds, or None when it adds nothing."""
+        free = self.capacity - self.size
+        preload = min(free, self.preloaded_total - self.pre)
+        positions = (free - preload) // self.factor
+        if (positions == 0 or self.seg == len(self.segments.shard)) and preload == 0:
+            return None
+        return preload, positions
+
+    def _advance(self, positions: int) -> list[tuple[int, int, int]]:
+        """Move past the next ``positions`` segment rows; returns them as ``(shard, lo, hi)`` ranges."""
+        segs, out = self.segments, []
+        while positions and self.seg < len(segs.shard):
+            g = int(segs.shard[self.seg])
+            lo = self.row
+            hi = min(int(segs.hi[self.seg]), lo + positions)
+            # A continued epoch's shard may come in several consecutive segments: count it once.
+            if lo == int(segs.lo[self.seg]) and (self.seg == 0 or int(segs.shard[self.seg - 1]) != g):
+                self.activated_shards += 1
+            out.append((g, lo, hi))
+            positions -= hi - lo
+            self.row = hi
+            if hi == int(segs.hi[self.seg]):
+                self.seg += 1
+                if self.seg < len(segs.shard):
+                    self.row = int(segs.lo[self.seg])
+        return out
+
+
+class IndexPool(PoolCounts):
     """The pool of one participant for one epoch.
 
     ``on_activate(shard, lo, hi)`` is called for every row range that enters the pool (to read it ahead).
@@ -63,36 +156,20 @@ class IndexPool:
         on_activate: Callable[[int, int, int], None] | None = None,
         preloaded: np.ndarray | None = None,
     ) -> None:
-        self.segments = segments
-        self.factor = factor
-        self.rng = rng
         self.preloaded = np.empty(0, dtype=np.uint64) if preloaded is None else preloaded
-        self.pre = 0  # preloaded entries already in the pool
-        self.capacity = pool_capacity(capacity, segments.positions, factor, len(self.preloaded))
-        self.threshold = min(threshold, self.capacity)
+        super().__init__(segments, capacity, threshold, factor, len(self.preloaded))
+        self.rng = rng
         self.buf = np.empty(self.capacity, dtype=np.uint64)
         self.runs: list[list[int]] = []  # [start, length]; each run uniformly shuffled, consumed from its end
-        self.size = 0
-        self.seg = 0  # next segment to activate
-        self.row = int(segments.lo[0]) if len(segments.shard) else 0  # next row inside it
         self.outstanding = np.zeros(num_shards, dtype=np.int64)  # entries in the pool per shard
-        self.activated_shards = 0
-        self.refills = 0
         self.on_activate = on_activate
 
-    @property
-    def data_left(self) -> bool:
-        """Whether some preloaded entries or segment rows are not in the pool yet."""
-        return self.pre < len(self.preloaded) or self.seg < len(self.segments.shard)
-
-    @property
-    def exhausted(self) -> bool:
-        return self.size == 0 and not self.data_left
-
     def live_shards(self) -> np.ndarray:
-        """Mask of the global shards this pool can still hand out: entries pooled, or rows not activated yet."""
+        """Mask of the global shards this pool can still hand out: entries pooled or preloaded, or rows not
+        activated yet."""
         live = self.outstanding > 0
         live[self.segments.shard[self.seg :]] = True
+        live[shard_of(self.preloaded[self.pre :])] = True
         return live
 
     def start_read_ahead(self, read_ahead: Callable[[int, int, int], None]) -> None:
@@ -101,7 +178,7 @@ class IndexPool:
         pooled, about a pool's worth (not every shard with an entry left)."""
         self.on_activate = read_ahead
         segs = self.segments
-        started = self.seg + int(self.data_left and self.row > int(segs.lo[self.seg]))
+        started = self.seg + int(self.seg < len(segs.shard) and self.row > int(segs.lo[self.seg]))
         budget = self.capacity // self.factor
         for i in np.flatnonzero(self.outstanding[segs.shard[:started]] > 0)[::-1]:
             if budget <= 0:
@@ -110,24 +187,20 @@ class IndexPool:
             read_ahead(int(segs.shard[i]), max(lo, hi - budget), hi)
             budget -= hi - lo
 
-    def shards_fully_activated(self) -> np.ndarray:
-        """Global ids of shards whose rows (for this participant) have all entered the pool."""
-        return self.segments.shard[: self.seg]
-
     def fill(self) -> int:
-        """Top the pool up to capacity from the next segment rows; returns the number of entries added."""
-        free = self.capacity - self.size
-        preload = min(free, len(self.preloaded) - self.pre)
-        positions = (free - preload) // self.factor
-        if (positions == 0 or self.seg == len(self.segments.shard)) and preload == 0:
+        """Top the pool up to capacity (preloaded entries first, then the next segment rows); returns the number
+        of entries added."""
+        room = self._room()
+        if room is None:
             return 0
+        free = self.capacity - self.size
         keep, merge = self._split_runs(free)
         # The small runs are reshuffled with the new entries: set them aside, close the gaps, put them back.
         small = np.concatenate([self.buf[s : s + n] for s, n in merge]) if merge else self.buf[:0]
         end = self._compact(keep)
         self.buf[end : end + len(small)] = small
-        added = self._preload(end + len(small), preload)
-        added += self._activate(end + len(small) + added, positions)
+        added = self._preload(end + len(small), room[0])
+        added += self._activate(end + len(small) + added, room[1])
         region = self.buf[end : end + len(small) + added]
         del small
         self.rng.shuffle(region)
@@ -164,27 +237,10 @@ class IndexPool:
         np.subtract.at(self.outstanding, shard_of(out), 1)
         return out
 
-    def take(self, n: int, refill: Callable[[], object]) -> np.ndarray:
-        """The entries of the stream's next batch (or chunk) of ``n``: a draw, completed across refills when the
-        pool held less, then a refill if the pool fell below the threshold. ``refill`` tops the pool up (the
-        stream's refill also unmaps packs and checks memory); a resume replays exactly these steps."""
-        packed = self.draw(n)
-        while len(packed) < n and self.data_left:  # the pool held less than a batch: refill, complete it
-            refill()
-            packed = np.concatenate([packed, self.draw(n - len(packed))])
-        if self.size < self.threshold and self.data_left:
-            refill()
-        return packed
-
-    def remaining(self) -> tuple[np.ndarray, Segments]:
-        """What this pool has not handed out: its entries (pooled, then preloaded ones not pooled yet) and the
-        segment rows it has not activated."""
-        entries = [self.buf[s : s + n] for s, n in sorted(self.runs)] + [self.preloaded[self.pre :]]
-        segs, i = self.segments, self.seg
-        lo = segs.lo[i:].copy()
-        if i < len(segs.shard):
-            lo[0] = self.row
-        return np.concatenate(entries), Segments(segs.shard[i:], lo, segs.hi[i:])
+    def entries_left(self) -> np.ndarray:
+        """The entries this pool holds, then the preloaded ones not pooled yet: what it has not handed out of
+        them (the rows it has not activated are ``segments`` from ``seg``, ``row``)."""
+        return np.concatenate([self.buf[s : s + n] for s, n in sorted(self.runs)] + [self.preloaded[self.pre :]])
 
     def _preload(self, at: int, n: int) -> int:
         """Copy the next ``n`` preloaded entries to ``buf[at:]``; returns ``n``."""
@@ -216,14 +272,8 @@ class IndexPool:
 
     def _activate(self, at: int, positions: int) -> int:
         """Write the entries of the next ``positions`` segment rows at ``buf[at:]``; returns entries written."""
-        segs, k, written = self.segments, self.factor, 0
-        while positions and self.seg < len(segs.shard):
-            g = int(segs.shard[self.seg])
-            lo = self.row
-            hi = min(int(segs.hi[self.seg]), lo + positions)
-            # A continued epoch's shard may come in several consecutive segments: count it once.
-            if lo == int(segs.lo[self.seg]) and (self.seg == 0 or int(segs.shard[self.seg - 1]) != g):
-                self.activated_shards += 1
+        k, written = self.factor, 0
+        for g, lo, hi in self._advance(positions):
             # Written in place (symmetry 0 first, the others from it), with one arange per segment as the only
             # temporary: a 40M-entry build takes ~4x less CPU than building the entries apart and copying them in.
             block = self.buf[at + written : at + written + (hi - lo) * k].reshape(hi - lo, k)
@@ -236,10 +286,4 @@ class IndexPool:
             if self.on_activate is not None:
                 self.on_activate(g, lo, hi)
             written += (hi - lo) * k
-            positions -= hi - lo
-            self.row = hi
-            if hi == int(segs.hi[self.seg]):
-                self.seg += 1
-                if self.seg < len(segs.shard):
-                    self.row = int(segs.lo[self.seg])
         return written

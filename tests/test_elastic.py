@@ -74,6 +74,10 @@ def stream(plan: Plan, run: RunSpec, q: int, num_shards: int) -> list[np.ndarray
         items += [packed] if run.batched else list(packed[:, None])
 
 
+def pooled(rest: Remainder) -> np.ndarray:
+    return rest.pooled.range(0, len(rest.pooled))
+
+
 def epoch_entries(plan: Plan, factor: int) -> np.ndarray:
     """Every entry of the epoch: every scheduled row, once per symmetry (sorted)."""
     rows = plan.rows
@@ -146,11 +150,11 @@ def test_what_remains_is_what_was_not_yielded() -> None:
     plan = epoch_plan(*cat, run)
     yielded, rest = first_part(cat, run, plan, [100, 37, 0])
     everything = epoch_entries(plan, 1)
-    left = np.concatenate([rest.pooled, pack(np.repeat(rest.rows.shard, rest.rows.hi - rest.rows.lo), 0)])
+    left = np.concatenate([pooled(rest), pack(np.repeat(rest.rows.shard, rest.rows.hi - rest.rows.lo), 0)])
     assert len(left) + len(yielded) == len(everything)
     rows = rest.rows
     flat = [pack(g, r) for g, lo, hi in zip(rows.shard, rows.lo, rows.hi) for r in range(lo, hi)]
-    assert np.array_equal(np.sort(np.concatenate([yielded, rest.pooled, np.array(flat, np.uint64)])), everything)
+    assert np.array_equal(np.sort(np.concatenate([yielded, pooled(rest), np.array(flat, np.uint64)])), everything)
     # Participant 2 had not started: its whole part is unactivated rows, not pooled entries.
     mine = plan.segments[2]
     for g, lo, hi in zip(mine.shard, mine.lo, mine.hi):
@@ -280,7 +284,7 @@ def test_collect_makes_a_small_origin_that_resolves() -> None:
     rest = origin_remainder(origin, *cat)
     run = spec(cat, 2)
     _, want = first_part(cat, run, epoch_plan(*cat, run), [3, 4, 4, 5])
-    assert np.array_equal(rest.pooled, want.pooled)
+    assert np.array_equal(pooled(rest), pooled(want))
     # The states of the continued run carry the origin; collecting them adds one run.
     later = [{**state(r, items=2, world_size=3), "origin": origin} for r in range(3)]
     again = collect(later)["origin"]
@@ -322,7 +326,8 @@ def test_pool_entries_of_a_partly_drawn_position_stay_apart() -> None:
     run = spec(cat, 0, world_size=1, factor=4, batch_size=None, chunk_size=7)
     plan = epoch_plan(*cat, run)
     yielded, rest = first_part(cat, run, plan, [45])
-    key = shard_of(rest.pooled) * 1000 + row_of(rest.pooled)
+    left = pooled(rest)
+    key = shard_of(left) * 1000 + row_of(left)
     counts = np.unique(key, return_counts=True)[1]
     assert (counts < 4).any()  # some positions are partly drawn
-    assert not np.isin(rest.pooled, yielded).any()
+    assert not np.isin(left, yielded).any()
