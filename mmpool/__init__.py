@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from mmpool.augment import Augmentation, Dihedral, packed_bytes
 from mmpool.catalog import Catalog, Split, train_val_split
 from mmpool.errors import ConfigError, MemoryLimitExceeded, MmpoolError, ShardError
+from mmpool.states import gather_states
 from mmpool.store import ShardStore
 
 if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and IDEs
@@ -48,6 +49,7 @@ __all__ = [
     "Stats",
     "StreamIterator",
     "StreamingMixedShardDataset",
+    "gather_states",
     "packed_bytes",
     "train_val_split",
     "unpack_planes",

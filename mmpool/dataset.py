@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mmpool.augment import Augmentation
 from mmpool.catalog import Catalog, Weights
+from mmpool.elastic import ELASTIC_KEYS, changes, check_origin, collect
 from mmpool.errors import ConfigError, MemoryLimitExceeded
 from mmpool.iterator import Participant, Position, StreamIterator
 from mmpool.memory import GIB, anon_bytes, batch_buffer_bytes, measure, report
@@ -209,22 +210,24 @@ class StreamingMixedShardDataset(IterableDataset):
             "fingerprint": _fingerprint(config),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Make the next iteration continue right after the item the state was taken at.
+
+        ``state`` is the state this rank (or DataLoader worker) saved, or, to continue on another number of ranks
+        or workers or with other ``weights`` (an elastic resume), the list of the states of every rank and worker
+        of the saved run (``mmpool.gather_states``), the same list on every rank of the new run.
 
         The saved position takes precedence over ``set_epoch`` for that iteration. A state saved after an
         iteration ended leaves nothing to continue: the next iteration starts the epoch after it, except in a
         DataLoader worker, where it means that this worker has nothing left to yield. Rank and world size are
         checked when iteration starts (the process group may not exist yet).
         """
-        keys = ("version", *PROGRESS_KEYS, "shards_upto", "config", "fingerprint")
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or any(k not in state for k in keys):
-            raise ConfigError(f"not an mmpool state (version {STATE_VERSION}): {str(state)[:200]}")
-        if _fingerprint(state["config"]) != state["fingerprint"]:
-            raise ConfigError(
-                f"the state's configuration does not match its fingerprint {state['fingerprint']}: "
-                "it was edited or corrupted; use a state saved by StreamingMixedShardDataset.state_dict"
-            )
+        if isinstance(state, list):
+            self._load_states(state)
+            return
+        _check_state(state)
+        if "origin" in state:
+            check_origin(state["origin"])
         _config_diff(state["config"], self._config(), skip=("rank", "world_size"))
         info = get_worker_info()
         if info is not None:
@@ -235,7 +238,22 @@ class StreamingMixedShardDataset(IterableDataset):
             self._next_epoch[0] = state["epoch"]
             return
         self._resume = dict(state)
-        self._position = Position(*(int(state[k]) for k in PROGRESS_KEYS))
+        epoch, start, items, worker, workers = (int(state[k]) for k in PROGRESS_KEYS)
+        self._position = Position(epoch, start, items, worker, workers, state.get("origin"))
+
+    def _load_states(self, states: list[dict[str, Any]]) -> None:
+        """An elastic resume: continue the epoch of a run of any shape from the states of all its participants."""
+        for s in states:
+            _check_state(s)
+        position = collect(states)
+        _config_diff(states[0]["config"], self._config(), skip=ELASTIC_KEYS)
+        epoch, start = position["epoch"], position["start"]
+        if self.num_epochs is not None and epoch >= start + self.num_epochs:  # that run's iteration had ended
+            self._resume, self._position = None, None
+            self._next_epoch[0] = epoch
+            return
+        self._resume = {"epoch": epoch, "start": start, "shards_upto": states[0]["shards_upto"], **position}
+        self._position = Position(epoch, start, 0, 0, 0, position["origin"])
 
     # ----- iteration -----
 
@@ -255,15 +273,21 @@ class StreamingMixedShardDataset(IterableDataset):
         slot = 0 if not who.in_worker else 1 + who.worker % MAX_WORKERS
         resume, self._resume = self._resume, None
         catalog = self.catalog
-        if resume is not None:
+        if resume is not None and "config" not in resume:  # an elastic resume: any rank and worker of any shape
+            position = Position(resume["epoch"], resume["start"], 0, who.worker, who.workers if who.in_worker else 0)
+            position.origin = resume["origin"]
+            catalog = Catalog(self.data_dirs, self.shard_ranges, self.weights, upto=resume["shards_upto"])
+        elif resume is not None:
             _check_workers(resume, who.worker, who.workers if who.in_worker else 0)
             saved = resume["config"]
             if (saved["rank"], saved["world_size"]) != (who.rank, who.world_size):
                 raise ConfigError(
                     f"the state was saved by rank {saved['rank']} of world_size={saved['world_size']}, it is loaded "
-                    f"by rank {who.rank} of world_size={who.world_size}; resume on the same ranks"
+                    f"by rank {who.rank} of world_size={who.world_size}; resume on the same ranks, or load the list "
+                    f"of every rank's states (mmpool.gather_states) to continue on {who.world_size}"
                 )
             position = Position(resume["epoch"], resume["start"], resume["items"], who.worker, resume["num_workers"])
+            position.origin = resume.get("origin")
             catalog = Catalog(self.data_dirs, self.shard_ranges, self.weights, upto=resume["shards_upto"])
         else:
             epoch = int(self._next_epoch[slot])
@@ -403,10 +427,26 @@ def _positive(x: Any) -> bool:
 
 def _config_diff(saved: dict[str, Any], mine: dict[str, Any], skip: Sequence[str] = ()) -> None:
     """Raise a ConfigError naming every setting in which a saved state's configuration differs from this one."""
-    diff = [k for k in sorted(set(mine) | set(saved)) if k not in skip and mine.get(k) != saved.get(k)]
-    if diff:
-        what = "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine.get(k)!r}" for k in diff)
-        raise ConfigError(f"the state was saved with another configuration ({what})")
+    what = changes(saved, mine, skip)
+    if what:
+        hint = ""
+        if not changes(saved, mine, ELASTIC_KEYS) and "weights" not in skip:
+            hint = "; to change the weights, load the list of every rank's states (mmpool.gather_states)"
+        elif "weights" in skip:
+            hint = "; an elastic resume may change only the number of ranks and workers and the weights"
+        raise ConfigError(f"the state was saved with another configuration ({what}){hint}")
+
+
+def _check_state(state: Any) -> None:
+    """A ConfigError unless ``state`` is an unedited mmpool state."""
+    keys = ("version", *PROGRESS_KEYS, "shards_upto", "config", "fingerprint")
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or any(k not in state for k in keys):
+        raise ConfigError(f"not an mmpool state (version {STATE_VERSION}): {str(state)[:200]}")
+    if _fingerprint(state["config"]) != state["fingerprint"]:
+        raise ConfigError(
+            f"the state's configuration does not match its fingerprint {state['fingerprint']}: "
+            "it was edited or corrupted; use a state saved by StreamingMixedShardDataset.state_dict"
+        )
 
 
 def _last_numbers(catalog: Catalog) -> list[int]:
@@ -419,7 +459,8 @@ def _check_workers(state: dict[str, Any], worker: int, num_workers: int) -> None
     if max(1, state["num_workers"]) != max(1, num_workers) or state["worker"] != worker:
         raise ConfigError(
             f"num_workers: the state was saved by worker {state['worker']} of num_workers={state['num_workers']}, "
-            f"it is loaded into worker {worker} of num_workers={num_workers}; resume with the same number of workers"
+            f"it is loaded into worker {worker} of num_workers={num_workers}; resume with the same number of workers, "
+            "or load the list of every rank's and worker's states (mmpool.gather_states) to continue with another"
         )
 
 

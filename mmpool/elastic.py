@@ -35,7 +35,7 @@ import numpy as np
 
 from mmpool.catalog import dir_weights
 from mmpool.errors import ConfigError
-from mmpool.pool import IndexPool, PoolCounts
+from mmpool.pool import IndexPool, PoolCounts, participant_pool
 from mmpool.schedule import Segments, activation_order, assign_blocks, block_sizes, epoch_rows, plan_epoch
 
 ELASTIC_KEYS = ("world_size", "rank", "weights")  # what a continuation may change; anything else is a ConfigError
@@ -84,11 +84,11 @@ class RunSpec:
 
     @property
     def capacity(self) -> int:
-        return -(-self.pool_size // self.workers)
+        return participant_pool(self.pool_size, self.refill_threshold, self.workers)[0]
 
     @property
     def threshold(self) -> int:
-        return -(-self.refill_threshold // self.workers)
+        return participant_pool(self.pool_size, self.refill_threshold, self.workers)[1]
 
     def pool(self, plan: Plan, participant: int, epoch: int, num_shards: int, on_activate: Any = None) -> IndexPool:
         """The IndexPool of one participant of this run for ``plan``, exactly as its stream builds it."""

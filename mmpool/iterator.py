@@ -16,16 +16,17 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mmpool.catalog import Catalog
+from mmpool.elastic import Plan, RunSpec, continued_plan, epoch_plan, origin_remainder
 from mmpool.memory import GIB, MemoryGuard
 from mmpool.packing import ENTRY_BYTES, shard_of, sym_of
 from mmpool.pool import IndexPool, participant_pool
-from mmpool.schedule import plan_epoch
 from mmpool.stats import Slot
 from mmpool.store import ShardStore
 
@@ -39,22 +40,31 @@ Batch = dict[str, torch.Tensor]
 @dataclass
 class Position:
     """Where an iteration is: the epoch it is in, the epoch it started at, items yielded in this epoch, and which
-    DataLoader worker of how many runs it (0 of 0 in the main process). The PROGRESS_KEYS of a state."""
+    DataLoader worker of how many runs it (0 of 0 in the main process). The PROGRESS_KEYS of a state; after an
+    elastic resume also the ``origin`` (``mmpool.elastic.collect``) of the epoch it continues."""
 
     epoch: int
     start: int
     items: int
     worker: int
     num_workers: int
+    origin: dict[str, Any] | None = None
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "epoch": self.epoch,
             "start": self.start,
             "items": self.items,
             "worker": self.worker,
             "num_workers": self.num_workers,
         }
+        if self.continues():
+            out["origin"] = self.origin
+        return out
+
+    def continues(self) -> bool:
+        """Whether this epoch is the rest of one that a run of another shape began."""
+        return self.origin is not None and self.origin["epoch"] == self.epoch
 
 
 @dataclass(frozen=True)
@@ -177,29 +187,23 @@ class _Stream:
     def _epoch(self, skip: int) -> Generator[Batch, None, None]:
         ds, cat, who, pos = self.ds, self.catalog, self.who, self.position
         assert pos is not None
-        plans, quota = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, who.count, ds.max_examples_unaugmented)
-        total = int(cat.shard_rows.sum())
-        if ds.max_examples_unaugmented is not None:
-            total = min(total, ds.max_examples_unaugmented)
-        dropped = total - quota * who.count
-        if dropped and who.index == 0:
+        run = RunSpec.from_config(ds._config(), who.workers, cat.shard_dir, cat.shard_rows)
+        plan = self._plan(run)
+        if plan.dropped and who.index == 0:
             log.warning(
-                "epoch %d: dropping %d of %d positions so that all %d ranks x %d workers yield the same "
-                "number of examples",
+                "epoch %d%s: dropping %d of %d examples so that all %d ranks x %d workers yield the same number",
                 pos.epoch,
-                dropped,
-                total,
+                " (continued)" if plan.depth else "",
+                plan.dropped,
+                plan.quota * who.count + plan.dropped,
                 who.world_size,
                 who.workers,
             )
-        rng = np.random.default_rng(np.random.SeedSequence([ds.random_seed, pos.epoch, who.index, who.count]))
-        capacity, threshold = participant_pool(ds.pool_size, ds.refill_threshold, who.workers)
         # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
         read_ahead = self._read_ahead if ds.prefetch else None
-        pool = self.pool = IndexPool(
-            plans[who.index], capacity, threshold, ds.factor, rng, cat.num_shards, None if skip else read_ahead
-        )
-        self.slot.start_epoch(pos.epoch, dropped if who.index == 0 else 0)
+        pool = self.pool = run.pool(plan, who.index, pos.epoch, cat.num_shards, None if skip else read_ahead)
+        self.slot.start_epoch(pos.epoch, plan.dropped if who.index == 0 else 0)
+        del plan  # it keeps the old pools' leftovers it was dealt from; the pool has its share
         self.guard.check(self._context, force=True)  # over the cap already: say so before building anything
         t0 = time.perf_counter()
         self._refill()
@@ -214,14 +218,9 @@ class _Stream:
         per_item = ds.batch_size is not None
         items, step = 0, self.step
         while True:
-            packed = pool.draw(step)
-            while len(packed) < step and pool.data_left:  # the pool held less than a batch: refill, complete it
-                self._refill()
-                packed = np.concatenate([packed, pool.draw(step - len(packed))])
+            packed = pool.take(step, partial(self._refill, force_check=items >= skip))
             if pool.on_activate is None and read_ahead is not None and items + (1 if per_item else len(packed)) > skip:
                 pool.start_read_ahead(read_ahead)  # the fast-forward is over
-            if pool.size < pool.threshold and pool.data_left:
-                self._refill(force_check=items >= skip)
             if len(packed) == 0 or (ds.drop_last and per_item and len(packed) < step):
                 break
             if per_item:
@@ -245,6 +244,26 @@ class _Stream:
         self.slot.set_peak(self.guard.peak)
         self.pool = None
         self.store.close()
+
+    def _plan(self, run: RunSpec) -> Plan:
+        """This epoch's split between the participants: a whole epoch, or the rest of one (elastic resume)."""
+        cat, pos = self.catalog, self.position
+        assert pos is not None
+        if not pos.continues():
+            return epoch_plan(cat.shard_dir, cat.shard_rows, run)
+        assert pos.origin is not None
+        t0 = time.perf_counter()
+        remainder = origin_remainder(pos.origin, cat.shard_dir, cat.shard_rows)
+        plan = continued_plan(remainder, cat.shard_dir, run, pos.epoch, len(pos.origin["runs"]))
+        log.info(
+            "epoch %d continued from %d earlier runs: %d entries pooled and %d rows left, planned in %.2fs",
+            pos.epoch,
+            len(pos.origin["runs"]),
+            len(remainder.pooled),
+            remainder.rows.positions,
+            time.perf_counter() - t0,
+        )
+        return plan
 
     def _batch(self, packed: np.ndarray) -> Batch:
         """pool entries -> records (store) -> augmentation -> transform -> tensors."""

@@ -26,7 +26,7 @@ class Stats:
     shards_activated: int
     shards_exhausted: int
     refills: int
-    dropped: int  # positions left out this epoch so every rank yields the same number
+    dropped: int  # examples (position x symmetry) left out this epoch so every rank yields the same number
     peak_memory_bytes: int  # highest anonymous memory (process + workers) a check saw
     pool_entries: int
 

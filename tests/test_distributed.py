@@ -104,7 +104,7 @@ def check_disjoint_and_complete(data: Data, fields: list[dict], reports: list[di
     dropped = data.total - len(union)
     assert dropped == reports[0]["dropped"] and reports[1]["dropped"] == 0  # rank 0 reports the drop
     if dropped:
-        assert f"dropping {dropped} of {data.total} positions" in errs[0], errs[0]
+        assert f"dropping {dropped} of {data.total} examples" in errs[0], errs[0]
     else:
         assert "dropping" not in errs[0] + errs[1]
     assert reports[0]["batches"] == reports[1]["batches"]
