@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"= {t_resume / t_stream:.3f} x the uninterrupted stream (CPU: {c_resume / c_stream:.3f} x); "
             f"first item identical: {same}"
         )
-        ok = same and t_resume <= 2.0
-        print("PASS" if ok else "FAIL", "(target: at most 2 s, identical first item)")
-        return 0 if ok else 1
+        return verdict(same and t_resume <= 2.0, "at most 2 s, identical first item")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -174,18 +172,20 @@ def elastic(dirs: list[Path], kwargs: dict, args: argparse.Namespace) -> int:
     fresh = not np.isin(first, np.concatenate(seen)).any() and len(np.unique(first)) == len(first)
 
     header(args, states)
+    rank_wall, rank_cpu = t_stream / old, c_stream / old
     print(
         f"{old} ranks streaming to example {at:,} between them: {t_stream:.2f} s wall, {c_stream:.2f} s CPU in all, "
-        f"{t_stream / old:.2f} s wall a rank ({at / t_stream / 1e6:.2f} M examples/s)"
-    )
-    print(
+        f"{rank_wall:.2f} s wall a rank ({at / t_stream / 1e6:.2f} M examples/s)\n"
         f"elastic resume {old} -> {new} ranks (load_state_dict of the {old} states to rank 0's first item): "
-        f"{t_resume:.3f} s wall, {c_resume:.3f} s CPU = {t_resume / (t_stream / old):.3f} x a rank's stream "
-        f"(CPU: {c_resume / (c_stream / old):.3f} x), {t_resume / t_stream:.3f} x all of it; "
+        f"{t_resume:.3f} s wall, {c_resume:.3f} s CPU = {t_resume / rank_wall:.3f} x a rank's stream "
+        f"(CPU: {c_resume / rank_cpu:.3f} x), {t_resume / t_stream:.3f} x all of it; "
         f"first batch holds only examples not yielded before: {fresh}"
     )
-    ok = fresh and t_resume <= 3.0
-    print("PASS" if ok else "FAIL", "(target: at most 3 s, first batch new)")
+    return verdict(fresh and t_resume <= 3.0, "at most 3 s, first batch new")
+
+
+def verdict(ok: bool, target: str) -> int:
+    print("PASS" if ok else "FAIL", f"(target: {target})")
     return 0 if ok else 1
 
 
