@@ -7,15 +7,15 @@ in its pool (explicit packed entries, so a position whose symmetries were partly
 rows it never activated. The continuation then splits that remainder between the new participants:
 
 - the leftover entries are dealt out in contiguous shares of a fixed order (each old pool's leftovers shuffled,
-  one pool after another): they are each new pool's first content (*preloaded*). A new participant's share lies
-  in one or two old pools (when the run shrinks) or in part of one (when it grows), so each process replays the
-  entries of only those pools; every other old pool's counts (how far it read, how much it held) are replayed
-  without entries or generator, which costs next to nothing;
+  one pool after another): they are each new pool's first content (*preloaded*). A new participant's share spans
+  about old/new participants consecutive old pools (one more at the edges; part of one when the run grows), so
+  each process replays the entries of only those pools; every other old pool's counts (how far it read, how much
+  it held) are replayed without entries or generator, which costs next to nothing;
 - the rows never activated are scheduled like an epoch, with the new run's weights: a shard is one unit of the
   activation order (each directory's shards keep their order), its remaining rows are cut into one block per new
   participant (each block lies in one window of the shard, and all workers walk the same shards);
-- every new participant gets the same number of entries; what that costs (fewer than ``factor`` entries per
-  participant) is dropped and counted, and stays in the remainder should the continuation itself be resumed.
+- every new participant gets the same number of entries; what that costs (fewer than ``factor`` x participants
+  entries in all) is dropped and counted, and stays in the remainder should the continuation itself be resumed.
 
 A run that continues an epoch records its *origin* (see :func:`collect`): the position, and per earlier run its
 configuration, worker count and the items each participant had yielded. That is enough to recompute everything
