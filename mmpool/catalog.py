@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 
 from mmpool.errors import ConfigError
-from mmpool.format import MANIFEST_NAME, Manifest, PackEntry, Schema, check_pack_file, read_manifest
+from mmpool.format import Manifest, PackEntry, Schema, check_pack_file, read_manifest
 from mmpool.packing import check_limits
 from mmpool.ranges import select, to_range
 
@@ -58,13 +58,6 @@ class Catalog:
                 f"shard_ranges has {len(ranges)} entries for {len(self.dirs)} data_dirs; give one range per directory"
             )
         self.ranges = list(ranges)
-        for d in self.dirs:  # a wrong directory is a configuration error (a broken manifest is a ShardError)
-            if not (d / MANIFEST_NAME).is_file():
-                what = "does not exist" if not d.exists() else f"has no {MANIFEST_NAME}"
-                raise ConfigError(
-                    f"data_dirs: {d} {what}: it is not a converted directory; "
-                    f"convert its shards first: mmpool convert SRC {d}"
-                )
         self.manifests: list[Manifest] = [read_manifest(d) for d in self.dirs]
         self.schema: Schema = self._common_schema()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mmpool.errors import ShardError
+from mmpool.errors import ConfigError, ShardError
 from mmpool.format import HDF5_DATASET, Manifest, PackEntry, ShardEntry, check_pack_file, read_manifest, read_sources
 from mmpool.ranges import to_range
 
@@ -163,7 +163,7 @@ def verify_dirs(dirs: Sequence[str | Path], progress: bool = True) -> list[str]:
     for d in map(Path, dirs):
         try:
             manifests.append((d, read_manifest(d)))
-        except ShardError as exc:
+        except (ConfigError, ShardError) as exc:  # not converted, or a broken manifest: a problem to report
             problems.append(str(exc))
     total = sum(s.rows * m.schema.itemsize for _, m in manifests for s in m.shards)
     with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar:

@@ -66,7 +66,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mmpool.errors import ShardError
+from mmpool.errors import ConfigError, ShardError
 
 FORMAT_NAME = "mmpool"
 FORMAT_VERSION = 1
@@ -216,14 +216,15 @@ def _present(entry: dict[str, Any]) -> dict[str, Any]:
 def read_manifest(directory: Path) -> Manifest:
     """Read the manifest of a converted directory.
 
-    Raises ShardError when it is missing (telling the user to run the converter) or malformed.
+    A missing directory or manifest is a ConfigError (the wrong directory was given: the same error wherever a
+    directory is named, in the dataset, ``plan`` and the CLI); a malformed manifest is a ShardError.
     """
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         what = "does not exist" if not Path(directory).exists() else f"has no {MANIFEST_NAME}"
-        raise ShardError(
-            f"{directory} {what}: it is not a converted directory. "
-            f"Convert its shards first: mmpool convert SRC {directory}"
+        raise ConfigError(
+            f"{directory} {what}: it is not a converted directory; "
+            f"convert its shards first: mmpool convert SRC {directory}"
         )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

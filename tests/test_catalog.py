@@ -178,7 +178,7 @@ def test_a_missing_or_unconverted_directory_is_a_config_error(tmp_path: Path, ma
         Catalog([d])
     what = "has no mmpool.json" if made else "does not exist"
     assert str(err.value) == (
-        f"data_dirs: {d} {what}: it is not a converted directory; convert its shards first: mmpool convert SRC {d}"
+        f"{d} {what}: it is not a converted directory; convert its shards first: mmpool convert SRC {d}"
     )
 
 

@@ -112,8 +112,8 @@ def test_verify_not_converted(tmp_path: Path) -> None:
     good = make(tmp_path)
     problems = verify_dirs([tmp_path / "nothing", good], progress=False)
     assert problems == [
-        f"{tmp_path / 'nothing'} does not exist: it is not a converted directory. "
-        f"Convert its shards first: mmpool convert SRC {tmp_path / 'nothing'}"
+        f"{tmp_path / 'nothing'} does not exist: it is not a converted directory; "
+        f"convert its shards first: mmpool convert SRC {tmp_path / 'nothing'}"
     ]
 
 

@@ -101,8 +101,8 @@ def test_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     code, out, err = run(["inspect", str(tmp_path / "missing")], capsys)
     assert (code, out) == (2, "")
     assert err == (
-        f"mmpool: error: {tmp_path / 'missing'} does not exist: it is not a converted directory. "
-        f"Convert its shards first: mmpool convert SRC {tmp_path / 'missing'}\n"
+        f"mmpool: error: {tmp_path / 'missing'} does not exist: it is not a converted directory; "
+        f"convert its shards first: mmpool convert SRC {tmp_path / 'missing'}\n"
     )
 
 

@@ -168,7 +168,11 @@ def test_every_bad_parameter_is_a_config_error(two_dirs: Data, kw: dict[str, Any
     assert message in str(err.value)
 
 
-def test_a_missing_directory_is_the_same_error_in_dataset_and_plan(tmp_path: Path) -> None:
+def test_a_missing_directory_is_the_same_error_in_dataset_plan_and_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mmpool.cli import main
+
     missing = tmp_path / "nowhere"
     messages = []
     for call in (lambda: StreamingMixedShardDataset([missing]), lambda: plan([missing])):
@@ -176,6 +180,9 @@ def test_a_missing_directory_is_the_same_error_in_dataset_and_plan(tmp_path: Pat
             call()
         messages.append(str(err.value))
     assert messages[0] == messages[1] and f"{missing} does not exist" in messages[0]
+    for command in ("plan", "inspect"):
+        assert main([command, str(missing)]) == 2
+        assert capsys.readouterr().err == f"mmpool: error: {messages[0]}\n"
 
 
 # ----- memory -----
