@@ -225,7 +225,11 @@ class ShardStore:
             stop = at + int(counts[p])
             self._pack(p).take(by_pack[at:stop], block[at:stop])
             at = stop
-        flat[order] = block
+        # Back to the order given by a take through the inverse permutation, not by ``flat[order] = block``: numpy's
+        # fancy assignment of wide void records runs at a seventh of take's speed (8 KB records: 7.5 ms a batch).
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        block.take(inverse, out=flat, mode="clip")
         return out
 
     def _cold(
@@ -233,19 +237,25 @@ class ShardStore:
     ) -> np.ndarray | None:
         """The rows of a batch to announce to the kernel (a mask), or None when the batch is known or found cached.
 
-        Rows the read-ahead has read are cached. Of the others a few are tested with mincore; when all of those
+        Rows the read-ahead has read are cached (unless it had to drop ranges). Of the others a few are tested with mincore; when all of those
         are cached, the batch is gathered without hints and the next batches are tested less and less often."""
         ra = self._readahead
         if ra is not None:
             ra.consumed(len(rows) * self.itemsize // self.factor)
             if ra.caught_up:
                 return None
+        if ra is not None and not ra.dropped_bytes:
             cold = (rows < ra.ready_lo[shards]) | (rows >= ra.ready_hi[shards])
         else:
+            # Nothing read ahead, or a window bigger than the read-ahead may keep: rows read ahead may be evicted
+            # already, and a hint on a cached page costs a microsecond, a page fault on an evicted one a disk read.
             cold = np.ones(len(rows), dtype=bool)
         unknown = np.flatnonzero(cold)
         if len(unknown) == 0:
             return None
+        if ra is not None and not ra.dropped_bytes:
+            self.hinted_rows += len(unknown)
+            return cold  # rows the read-ahead has not reached: cold, most likely (it reads what enters the pool)
         if self._skip > 0:
             self._skip -= 1
             return None
@@ -259,6 +269,16 @@ class ShardStore:
         self._next_skip = 0
         self.hinted_rows += len(unknown)
         return cold
+
+    def cached(self, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Whether each row's record is in the page cache now (one mincore call per row; for reports)."""
+        cat = self.catalog
+        out = np.ones(len(shards), dtype=bool)
+        for i, (g, r) in enumerate(zip(np.asarray(shards).tolist(), np.asarray(rows).tolist())):
+            m = self._pack(int(cat.shard_pack[g]))
+            if isinstance(m, _Mapped):
+                out[i] = m.cached(np.array([int(cat.shard_first_row[g]) + r]))
+        return out
 
     def gather(self, packed: np.ndarray) -> dict[str, np.ndarray]:
         """Field arrays (views into one gathered block) of packed pool entries, in the order given."""

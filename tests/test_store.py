@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,3 +165,90 @@ def test_prefetch_is_harmless(tmp_path: Path) -> None:
     store.prefetch(1, 10, 200)
     assert store.open_packs == 1
     assert store.gather_rows(np.array([1]), np.array([150]))["id"].tolist() == [(1 << 20) | 150]
+
+
+def evict(dirs: list[Path]) -> None:
+    """Drop the packs' pages from the page cache, so the next gathers go to disk (and take the cold path)."""
+    for d in dirs:
+        for p in Path(d).glob("pack-*"):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def random_batches(cat: Catalog, seed: int, n: int = 20, size: int = 300) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        shards = rng.integers(0, cat.num_shards, size=size)
+        out.append((shards, rng.integers(0, cat.shard_rows[shards])))
+    return out
+
+
+def wait_caught_up(store: ShardStore) -> None:
+    ra = store.read_ahead
+    assert ra is not None
+    for _ in range(1000):
+        if ra.caught_up:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the read-ahead did not finish")
+
+
+def test_cold_hints_and_read_ahead_return_the_plain_records(tmp_path: Path) -> None:
+    dirs = build(tmp_path, "npy", [6, 3], [120, 70], pack_size=250 * 280)
+    cat = Catalog(dirs)
+    source = source_of(cat, [120, 70])
+    plain = ShardStore(cat, cold_hints=False)
+    batches = random_batches(cat, 3)
+    # Evicted, no read-ahead: batches are tested with mincore and found cold, so their rows are hinted.
+    evict(dirs)
+    cold = ShardStore(cat)
+    for shards, rows in batches:
+        assert_gathered(cold.gather_rows(shards, rows), expected_records(source, shards, rows))
+    assert cold.hinted_rows > 0
+    # Read ahead: every shard's rows entered in two ranges, as a pool activates them.
+    evict(dirs)
+    ahead = ShardStore(cat, read_ahead_bytes=1 << 30)
+    for g in range(cat.num_shards):
+        half = int(cat.shard_rows[g]) // 2
+        ahead.prefetch(g, 0, half)
+        ahead.prefetch(g, half, int(cat.shard_rows[g]))
+    wait_caught_up(ahead)
+    ra = ahead.read_ahead
+    assert ra is not None and ra.dropped_bytes == 0
+    assert ra.ready_lo.tolist() == [0] * cat.num_shards and ra.ready_hi.tolist() == cat.shard_rows.tolist()
+    assert ahead.cached(*batches[0]).all()
+    for shards, rows in batches:
+        want = plain.gather_rows(shards, rows)
+        assert_gathered(ahead.gather_rows(shards, rows), {name: want[name] for name in FIELDS})
+    assert ahead.hinted_rows == 0  # all read ahead: gathered without hints
+    for s in (plain, cold, ahead):
+        s.close()
+
+
+def test_read_ahead_keeps_to_its_budget_and_stops_on_close(tmp_path: Path) -> None:
+    dirs = build(tmp_path, "npy", [8], [100], pack_size=1 << 20)
+    cat = Catalog(dirs)
+    threads = threading.active_count()
+    shard_bytes = 100 * cat.schema.itemsize
+    # A budget below one chunk is raised to one chunk (1 MB): far more than one shard, far less than 4000 of them.
+    store = ShardStore(cat, read_ahead_bytes=1)
+    ra = None
+    for _ in range(500):  # the same shards again and again: more queued than the budget allows
+        for g in range(cat.num_shards):
+            store.prefetch(g, 0, 100)
+        ra = store.read_ahead
+    assert ra is not None
+    assert ra.dropped_bytes > 0 and ra.dropped_bytes % shard_bytes == 0  # the oldest ranges were dropped, whole
+    store.close()
+    assert store.read_ahead is None and threading.active_count() == threads
+    # The store still gathers after close (it maps again), and a pickled copy carries no thread.
+    assert store.gather_rows(np.array([3]), np.array([7]))["id"].tolist() == [(3 << 20) | 7]
+    store.prefetch(0, 0, 100)
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.read_ahead is None
+    store.close()
+    assert threading.active_count() == threads
