@@ -125,6 +125,14 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
         help="anonymous memory of your training process before the pool (default: measured here, "
         "with torch imported; give more if your model is large)",
     )
+    p.add_argument(
+        "--probe",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="read random batches of records for about this long: the rate to expect when the window does not "
+        "fit the page cache (default 0: no probe)",
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -140,6 +148,7 @@ def _plan(args: argparse.Namespace) -> int:
         world_size=args.world_size,
         max_open_packs=args.max_open_packs,
         baseline_gb=args.baseline_gb,
+        probe_seconds=args.probe,
     )
     print(result)
     return 0 if result.fits else 1

@@ -16,6 +16,12 @@ does), and the window is what the pool spans right after the refill where it spa
 in it, the packs those shards live in (a pack is mapped whole, from its first activated row until no entry of it is
 left), and the record bytes of those shards (the page-cache working set all workers share).
 
+The page cache: the window's records are gathered at random, so they are read from disk again and again unless they
+all fit in the memory the page cache may use (the memory cgroup's limit where one applies, else RAM, less anonymous
+memory). The plan warns when they do not, and ``probe_seconds`` > 0 measures the rate of random batches through the
+store (per-record hints, as the stream reads rows it has not read ahead): the rate to expect when the window does not
+fit, once the part that is cached is accounted for.
+
 The build time is the time of the first fill of one participant's pool, calibrated by timing ``IndexPool.fill`` of
 1M and 4M entries on this machine.
 """
@@ -38,7 +44,9 @@ from mmpool.errors import ConfigError
 from mmpool.memory import BATCH_BUFFERS, GIB, anon_bytes, batch_buffer_bytes
 from mmpool.packing import ENTRY_BYTES
 from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
+from mmpool.pagecache import cache_limit
 from mmpool.schedule import Segments, plan_epoch
+from mmpool.store import ShardStore
 
 HEADROOM = 32 << 20  # left free under the cap: what a process allocates between this plan and the pool
 # What a DataLoader worker writes of its own (pages copied on write, its interpreter's allocations), pool aside:
@@ -79,6 +87,14 @@ class Plan:
     refills_total: int
     build_seconds: float  # first fill of one participant's pool
     fill_ns_per_entry: float  # calibration at 1M entries
+    cache_bytes: int  # memory the page cache may use (cgroup limit or RAM, less anonymous memory)
+    cache_source: str  # where that limit comes from
+    probe_rate: float | None = None  # records/s of random batches through the store (None: not probed)
+    probe_cached: float | None = None  # fraction of the probed rows that were cached before they were read
+
+    @property
+    def window_fits_cache(self) -> bool:
+        return self.window_shard_bytes <= self.cache_bytes
 
     @property
     def gatherers(self) -> int:
@@ -157,6 +173,33 @@ class Plan:
             )
         if self.refills_replayed < self.refills_total:
             lines.append(f"  (window from the first {self.refills_replayed:,} of {self.refills_total:,} refills)")
+        cache = (
+            f"page cache: window {_size(self.window_shard_bytes).strip()} against {_size(self.cache_bytes).strip()} "
+            f"the page cache may use ({self.cache_source}, less anonymous memory)"
+        )
+        if self.window_fits_cache:
+            lines.append(cache + ": fits; once read, the window is gathered from RAM")
+        else:
+            share = self.cache_bytes / max(1, self.window_shard_bytes)
+            lines.append(
+                cache + f": does NOT fit: about {1 - share:.0%} of the gathers read from disk; lower pool_size "
+                f"(to about {int(self.pool_entries * share * 0.9):,} entries) or raise the memory limit"
+            )
+        if self.probe_rate is not None and self.probe_cached is not None:
+            note = (
+                "; the packs were mostly cached, so this measured the cache, not the disk"
+                if self.probe_cached > 0.5
+                else ""
+            )
+            lines.append(
+                f"  random-read probe: {self.probe_rate:,.0f} records/s in batches of {self.batch_size:,} "
+                f"({self.probe_cached:.0%} of the probed rows were cached){note}"
+            )
+            if not self.window_fits_cache and self.probe_cached <= 0.5:
+                share = min(1.0, self.cache_bytes / max(1, self.window_shard_bytes))
+                lines.append(
+                    f"  expected disk-bound rate: about {self.probe_rate / (1 - share * 0.999):,.0f} records/s"
+                )
         workers = f"each of {self.gatherers} workers builds its part in parallel, " if self.workers > 1 else ""
         took = f"{self.build_seconds * 1000:.0f} ms" if self.build_seconds < 1 else f"{self.build_seconds:.1f} s"
         lines.append(
@@ -181,11 +224,13 @@ def plan(
     max_open_packs: int = 64,
     baseline_gb: float | None = None,
     seed: int = 0,
+    probe_seconds: float = 0.0,
 ) -> Plan:
     """Plan one rank of a StreamingMixedShardDataset run over ``dirs`` (see the module docstring).
 
     ``pool_size`` None plans the largest pool that fits, but no larger than the entries of an epoch.
     ``baseline_gb`` None measures this process, with torch imported (a training process imports it anyway).
+    ``probe_seconds`` > 0 reads random batches of records for about that long (the expected disk-bound rate).
     """
     if not (isinstance(max_memory_gb, (int, float)) and math.isfinite(max_memory_gb) and max_memory_gb > 0):
         raise ConfigError(f"max_memory_gb={max_memory_gb!r}: must be a positive number of GiB")
@@ -223,6 +268,8 @@ def plan(
     window = _window(cat, mine[0], capacity[0], min(threshold, capacity[0]), factor, batch_size, max_open_packs, seed)
     fill_ns = _calibrate()
     build = _fill_seconds(capacity[0], fill_ns) * -(-parts // max(1, os.cpu_count() or 1))
+    limit = cache_limit()
+    probe = _probe(cat, batch_size, probe_seconds, seed) if probe_seconds > 0 else (None, None)
     return Plan(
         dirs=[str(d) for d in cat.dirs],
         records=int(cat.shard_rows.sum()),
@@ -245,8 +292,35 @@ def plan(
         max_open_packs=int(max_open_packs),
         build_seconds=build,
         fill_ns_per_entry=fill_ns[0],
+        cache_bytes=limit.available,
+        cache_source=limit.source,
+        probe_rate=probe[0],
+        probe_cached=probe[1],
         **window,
     )
+
+
+def _probe(cat: Catalog, batch_size: int, seconds: float, seed: int) -> tuple[float, float]:
+    """Records/s of random batches through the store for about ``seconds``, and the fraction of those rows that
+    were cached before they were read."""
+    rng = np.random.default_rng(seed)
+    store = ShardStore(cat)
+    cum = np.cumsum(cat.shard_rows)
+    n = cached = 0
+    t0 = time.perf_counter()
+    try:
+        while n == 0 or time.perf_counter() - t0 < seconds:
+            g = rng.integers(0, int(cum[-1]), batch_size)
+            shards = np.searchsorted(cum, g, side="right")
+            rows = g - (cum[shards] - cat.shard_rows[shards])
+            t = time.perf_counter()
+            cached += int(store.cached(shards, rows).sum())
+            t0 += time.perf_counter() - t  # the residency test is not part of the rate
+            store.gather_rows(shards, rows)
+            n += batch_size
+    finally:
+        store.close()
+    return n / (time.perf_counter() - t0), cached / n
 
 
 def _size(nbytes: int) -> str:

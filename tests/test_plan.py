@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,17 @@ def test_bad_arguments(dirs: list[Path]) -> None:
         plan(dirs, 5, workers=-1)
     with pytest.raises(ConfigError, match=r"pool_size=1: must be an integer >= 2"):
         plan(dirs, 5, pool_size=1)
+
+
+def test_page_cache_fit_and_probe(dirs: list[Path]) -> None:
+    p = plan(dirs, 2, pool_size=100_000, batch_size=512, baseline_gb=0.25, probe_seconds=0.05)
+    assert p.cache_bytes > 0 and p.window_shard_bytes > 0
+    text = str(p)
+    assert f"page cache: window {p.window_shard_bytes / (1 << 20):.1f} MB against " in text
+    assert p.window_fits_cache and ": fits; once read, the window is gathered from RAM" in text
+    assert p.probe_rate is not None and p.probe_rate > 0 and p.probe_cached is not None
+    assert "  random-read probe: " in text and "records/s in batches of 512" in text
+    # The same window against a page cache too small for it.
+    tight = replace(p, cache_bytes=p.window_shard_bytes // 4)
+    assert "does NOT fit: about 75% of the gathers read from disk; lower pool_size (to about " in str(tight)
+    assert plan(dirs, 2, pool_size=100_000, baseline_gb=0.25).probe_rate is None  # no probe unless asked
