@@ -43,8 +43,8 @@ from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError
 from mmpool.memory import BATCH_BUFFERS, GIB, anon_bytes, batch_buffer_bytes
 from mmpool.packing import ENTRY_BYTES
-from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
 from mmpool.pagecache import cache_limit
+from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
 from mmpool.schedule import Segments, plan_epoch
 from mmpool.store import ShardStore
 
