@@ -69,7 +69,9 @@ class StreamingMixedShardDataset(IterableDataset):
         rank, world_size: explicit values win; otherwise taken from torch.distributed when iteration starts.
         drop_last: in batch mode, drop each worker's last partial batch.
         num_epochs: epochs one ``iter()`` runs, each with a new order; None runs forever.
-        prefetch: ask the kernel to read newly activated shards ahead (helps a cold page cache).
+        prefetch: read the rows entering the pool ahead, in a background thread (helps a cold page cache).
+        prefetch_batches: in batch mode, batches prepared ahead in a background thread while the training step
+            runs (0: each batch is made when asked for). They count in the memory reserved for batches.
         max_open_packs: bound on open pack mappings (each holds a file descriptor).
         memory_check_interval: seconds between memory checks (0 checks every batch).
         chunk_size: entries drawn at a time in single-example mode.
@@ -99,6 +101,7 @@ class StreamingMixedShardDataset(IterableDataset):
         drop_last: bool = False,
         num_epochs: int | None = 1,
         prefetch: bool = True,
+        prefetch_batches: int = 2,
         max_open_packs: int = 64,
         memory_check_interval: float = 0.5,
         chunk_size: int = 1024,
@@ -144,6 +147,8 @@ class StreamingMixedShardDataset(IterableDataset):
         self.drop_last = drop_last
         self.num_epochs = num_epochs
         self.prefetch = prefetch
+        _check_int("prefetch_batches", prefetch_batches, 0)
+        self.prefetch_batches = int(prefetch_batches)
         self.max_open_packs = max_open_packs
         self.memory_check_interval = float(memory_check_interval)
         self.chunk_size = chunk_size
@@ -301,7 +306,8 @@ class StreamingMixedShardDataset(IterableDataset):
 
     def batch_buffer_bytes(self) -> int:
         """Bytes of the gathered batch buffers one gathering process may hold at once."""
-        return batch_buffer_bytes(self.batch_size or self.chunk_size, self.catalog.schema.itemsize)
+        ahead = self.prefetch_batches if self.batch_size is not None else 0
+        return batch_buffer_bytes(self.batch_size or self.chunk_size, self.catalog.schema.itemsize, ahead)
 
     # ----- configuration -----
 

@@ -12,6 +12,7 @@ index work only, which is why a resume's fast-forward is cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -27,6 +28,7 @@ from mmpool.elastic import Plan, RunSpec, continued_plan, epoch_plan, origin_rem
 from mmpool.memory import GIB, MemoryGuard
 from mmpool.packing import ENTRY_BYTES, shard_of, sym_of
 from mmpool.pool import IndexPool, participant_pool
+from mmpool.prefetcher import Prefetcher
 from mmpool.stats import Slot
 from mmpool.store import ShardStore
 
@@ -89,7 +91,9 @@ class Participant:
 class StreamIterator(Iterator[Batch]):
     """The iterator ``iter(StreamingMixedShardDataset)`` returns: batches (or single examples) of one iteration.
 
-    ``close()`` (also ``with``-statement exit, the end of the stream, or dropping the iterator) unmaps the packs.
+    ``close()`` (also ``with``-statement exit, the end of the stream, or dropping the iterator) unmaps the packs
+    and stops the threads. With ``prefetch_batches`` > 0 (batch mode) the next batches are prepared in a background
+    thread (``mmpool.prefetcher``); ``position`` is then that of the last batch returned, not of the last prepared.
     ``position`` tells where it is; ``store`` and ``pool`` are the live resources. The iteration claims its epoch
     when the first item is asked for, not when the iterator is made: an iterator made and never used (torchdata's
     StatefulDataLoader makes some) does not use up an epoch. Until then ``position`` is None.
@@ -103,20 +107,41 @@ class StreamIterator(Iterator[Batch]):
         slot: Slot,
         refresh: Callable[[int, Catalog], Catalog] | None,
     ) -> None:
-        self._stream = _Stream(dataset, who, begin, slot, refresh)
+        depth = dataset.prefetch_batches if dataset.batch_size is not None else 0
+        self._stream = _Stream(dataset, who, begin, slot, refresh, prefetching=depth > 0)
         # The generator references the _Stream, never this object: dropping the iterator frees the generator at
         # once, which runs its ``finally`` and unmaps the packs (no reference cycle waiting for the GC).
         self._gen = self._stream.run()
+        self._ahead = Prefetcher(self._gen, self._stream.snapshot, depth) if depth > 0 else None
+        if self._ahead is not None:
+            self._stream.between_epochs = self._ahead.drained
 
     def __iter__(self) -> StreamIterator:
         return self
 
     def __next__(self) -> Batch:
-        return next(self._gen)
+        if self._ahead is None:
+            return next(self._gen)
+        try:
+            batch, where = self._ahead.next()
+        except StopIteration as end:
+            if end.value is not None:
+                self._stream.show(end.value)
+            raise StopIteration from None
+        self._stream.show(where)
+        return batch
 
     def close(self) -> None:
-        """Stop the iteration and release its mappings (idempotent)."""
+        """Stop the iteration and release its mappings and threads (idempotent)."""
+        if self._ahead is not None:
+            self._ahead.close()
         self._gen.close()
+
+    def __del__(self) -> None:
+        # The prefetch thread holds the generator: without this, a loop left early would leave it running.
+        ahead = getattr(self, "_ahead", None)
+        if ahead is not None:
+            ahead.close()
 
     def __enter__(self) -> StreamIterator:
         return self
@@ -126,7 +151,7 @@ class StreamIterator(Iterator[Batch]):
 
     @property
     def position(self) -> Position | None:
-        return self._stream.position
+        return self._stream.shown
 
     @property
     def store(self) -> ShardStore:
@@ -147,15 +172,19 @@ class _Stream:
         begin: Callable[[], tuple[Catalog, Position]],
         slot: Slot,
         refresh: Callable[[int, Catalog], Catalog] | None,
+        prefetching: bool = False,
     ) -> None:
         self.ds = ds
         self.who = who
+        self.prefetching = prefetching  # batches are made ahead: the position shown is a separate object
+        self.shown: Position | None = None
+        self.between_epochs: Callable[[], None] | None = None  # called at each epoch's end (prefetch: wait there)
         self.begin = begin  # claims the epoch and the catalog, at the first item
         self.slot = slot
         self.refresh = refresh  # reads new shards between epochs (main process only), None where it must not
         self.catalog = ds.catalog
         self.position: Position | None = None
-        self.store = ShardStore(ds.catalog, ds.max_open_packs)
+        self.store = ShardStore(ds.catalog, ds.max_open_packs, factor=ds.factor)
         self.guard = MemoryGuard(int(ds.max_memory_gb * GIB), ds.memory_check_interval, in_worker=who.in_worker)
         self.pool: IndexPool | None = None
         self.augment = ds.augmentation if ds.enable_augmentation else None
@@ -164,12 +193,17 @@ class _Stream:
     def run(self) -> Generator[Batch, None, None]:
         ds = self.ds
         catalog, pos = self.begin()
+        self.shown = pos  # the object the dataset's state_dict reads
+        if self.prefetching:
+            pos = dataclasses.replace(pos)  # advanced by the thread; ``shown`` follows the batches handed over
         self.position = pos
         self._use_catalog(catalog)
         try:
             skip = pos.items
             while ds.num_epochs is None or pos.epoch < pos.start + ds.num_epochs:
                 yield from self._epoch(skip)
+                if self.between_epochs is not None:
+                    self.between_epochs()
                 skip = 0
                 pos.epoch, pos.items = pos.epoch + 1, 0
                 if self.refresh is not None and (ds.num_epochs is None or pos.epoch < pos.start + ds.num_epochs):
@@ -178,11 +212,22 @@ class _Stream:
             self.pool = None
             self.store.close()
 
+    def snapshot(self) -> tuple[int, int]:
+        """(epoch, items) of the stream now: the position a batch prepared ahead leaves it at."""
+        pos = self.position
+        assert pos is not None
+        return pos.epoch, pos.items
+
+    def show(self, where: tuple[int, int]) -> None:
+        """The user has the batch that left the stream at ``where``: report that position."""
+        if self.shown is not None:
+            self.shown.epoch, self.shown.items = where
+
     def _use_catalog(self, catalog: Catalog) -> None:
         if catalog is not self.catalog:
             self.store.close()
             self.catalog = catalog
-            self.store = ShardStore(catalog, self.ds.max_open_packs)
+            self.store = ShardStore(catalog, self.ds.max_open_packs, factor=self.ds.factor)
 
     def _epoch(self, skip: int) -> Generator[Batch, None, None]:
         ds, cat, who, pos = self.ds, self.catalog, self.who, self.position

@@ -24,9 +24,9 @@ GIB = 1 << 30
 BATCH_BUFFERS = 4
 
 
-def batch_buffer_bytes(batch: int, itemsize: int) -> int:
-    """Bytes of the batch buffers one gathering process reserves."""
-    return BATCH_BUFFERS * batch * itemsize
+def batch_buffer_bytes(batch: int, itemsize: int, prefetched: int = 0) -> int:
+    """Bytes of the batch buffers one gathering process reserves (``prefetched``: batches prepared ahead)."""
+    return (BATCH_BUFFERS + prefetched) * batch * itemsize
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ Reading a range front to back costs the disk's sequential rate (~925 MB/s here) 
 page cache without a copy to user space, in one system call per chunk with the GIL released. The chunks are large
 (32 MB) because the thread needs the GIL between them, and the gathering thread holds it for a whole batch (numpy's
 take does not release it, page faults included): with 1 MB reads it read 18 MB/s here. Chunks the page cache already
-holds (``mincore``) are skipped, so warm data costs almost nothing.
+holds cost only the kernel's walk over their pages (no copy, no disk). The thread holds at most two descriptors (the
+pack it reads and /dev/null), and no mapping: the store's bound on open packs holds.
 
 It reads at most ``budget`` bytes ahead of what the gathers have consumed: more would push out of the page cache
 rows read earlier and not gathered yet. When more is queued than the budget allows, the oldest queued ranges are
@@ -23,11 +24,8 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-
-from mmpool.pagecache import resident
 
 log = logging.getLogger("mmpool")
 CHUNK = 32 << 20  # bytes per read (see the module docstring); the thread stops within one chunk
@@ -41,9 +39,6 @@ class _Range:
     path: str
     offset: int  # file offset of row lo
     length: int
-    base: int  # address of the pack's mapping (for mincore); the mapping is kept alive by ``owner``
-    map_offset: int  # offset of row lo inside that mapping
-    owner: Any
 
 
 class ReadAhead:
@@ -139,8 +134,6 @@ class ReadAhead:
                     if self._stop:
                         return False
                     self._ahead += n
-                if resident(r.base, r.map_offset + at, n):
-                    continue
                 done = 0
                 while done < n:  # sendfile may move less than asked
                     moved = os.sendfile(sink, fd, r.offset + at + done, n - done)

@@ -74,10 +74,7 @@ class _Mapped:
 
     def read_range(self, shard: int, first: int, stop: int, lo: int, hi: int) -> _Range:
         """Rows ``first..stop-1`` of the pack (rows ``lo..hi-1`` of ``shard``), as a read-ahead range."""
-        at = first * self.itemsize
-        return _Range(
-            shard, lo, hi, self.path, self.offset + at, (stop - first) * self.itemsize, self.base, self.delta + at, self
-        )
+        return _Range(shard, lo, hi, self.path, self.offset + first * self.itemsize, (stop - first) * self.itemsize)
 
     def take(self, rows: np.ndarray, out: np.ndarray) -> None:
         # mode="clip": the caller has checked the rows, and under the default mode="raise" numpy gathers into a
