@@ -178,6 +178,7 @@ class _Stream:
         self.who = who
         self.prefetching = prefetching  # batches are made ahead: the position shown is a separate object
         self.shown: Position | None = None
+        self.counts: np.ndarray | None = None  # examples per directory of the batch just made (prefetching)
         self.between_epochs: Callable[[], None] | None = None  # called at each epoch's end (prefetch: wait there)
         self.begin = begin  # claims the epoch and the catalog, at the first item
         self.slot = slot
@@ -212,16 +213,20 @@ class _Stream:
             self.pool = None
             self.store.close()
 
-    def snapshot(self) -> tuple[int, int]:
-        """(epoch, items) of the stream now: the position a batch prepared ahead leaves it at."""
+    def snapshot(self) -> tuple[int, int, np.ndarray | None]:
+        """(epoch, items, examples per directory) of the batch just made ahead: the position it leaves the stream
+        at, and what the statistics count when the user takes it."""
         pos = self.position
         assert pos is not None
-        return pos.epoch, pos.items
+        counts, self.counts = self.counts, None
+        return pos.epoch, pos.items, counts
 
-    def show(self, where: tuple[int, int]) -> None:
-        """The user has the batch that left the stream at ``where``: report that position."""
+    def show(self, where: tuple[int, int, np.ndarray | None]) -> None:
+        """The user has the batch that left the stream at ``where``: report that position, count its examples."""
         if self.shown is not None:
-            self.shown.epoch, self.shown.items = where
+            self.shown.epoch, self.shown.items = where[0], where[1]
+        if where[2] is not None:
+            self.slot.count(where[2])
 
     def _use_catalog(self, catalog: Catalog) -> None:
         if catalog is not self.catalog:
@@ -318,7 +323,11 @@ class _Stream:
         if self.ds.transform is not None:
             fields = self.ds.transform(fields)
         cat = self.catalog
-        self.slot.count(np.bincount(cat.shard_dir[shard_of(packed)], minlength=cat.num_dirs))
+        counts = np.bincount(cat.shard_dir[shard_of(packed)], minlength=cat.num_dirs)
+        if self.prefetching:
+            self.counts = counts  # counted when the user takes the batch (show), not when it is made
+        else:
+            self.slot.count(counts)
         if self.who.in_worker:
             return as_tensors(fields)
         return {
