@@ -122,6 +122,10 @@ class StreamIterator(Iterator[Batch]):
     def __next__(self) -> Batch:
         if self._ahead is None:
             return next(self._gen)
+        if self._stream.position is not None:
+            # The thread checks after each batch it makes; this check, where the user asks, sees at once what the
+            # user's step allocated (else only after the batches already made were handed over).
+            self._stream.guard.check(self._stream._context)
         try:
             batch, where = self._ahead.next()
         except StopIteration as end:

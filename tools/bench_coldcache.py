@@ -7,7 +7,7 @@ of 1024, one whole epoch):
 
 - warm: every pack in the page cache (read once beforehand);
 - cold, prefetch: every pack evicted first (``posix_fadvise(DONTNEED)``), then streamed with ``prefetch=True``
-  (rows entering the pool are read ahead with ``madvise(MADV_WILLNEED)``);
+  (rows entering the pool are read ahead in a background thread, ``mmpool.readahead``);
 - cold, no prefetch: evicted again, streamed with ``prefetch=False`` (pages fault in as the random gathers touch
   them, plus what the kernel reads around a fault: ``read_ahead_kb`` of the device);
 - the two cold streams again with the kernel's read-around off (``MADV_RANDOM`` on every mapping): what a device or
