@@ -32,7 +32,7 @@ from mmpool.catalog import Catalog, Weights
 from mmpool.elastic import ELASTIC_KEYS, changes, check_origin, collect
 from mmpool.errors import ConfigError, MemoryLimitExceeded
 from mmpool.iterator import Participant, Position, StreamIterator
-from mmpool.memory import GIB, anon_bytes, batch_buffer_bytes, measure, report
+from mmpool.memory import GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes, measure, report
 from mmpool.packing import ENTRY_BYTES, MAX_SYMMETRIES
 from mmpool.pool import default_threshold
 from mmpool.stats import MAX_WORKERS, Stats, StatsBoard
@@ -101,7 +101,7 @@ class StreamingMixedShardDataset(IterableDataset):
         drop_last: bool = False,
         num_epochs: int | None = 1,
         prefetch: bool = True,
-        prefetch_batches: int = 2,
+        prefetch_batches: int = PREFETCH_BATCHES,
         max_open_packs: int = 64,
         memory_check_interval: float = 0.5,
         chunk_size: int = 1024,

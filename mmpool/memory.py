@@ -22,6 +22,7 @@ GIB = 1 << 30
 # Gathered batch buffers a gathering process may hold at once (records, augmented copy, tensors, a spare): what the
 # dataset's up-front check and ``mmpool plan`` reserve besides the pool.
 BATCH_BUFFERS = 4
+PREFETCH_BATCHES = 2  # batches made ahead by default (the dataset's prefetch_batches)
 
 
 def batch_buffer_bytes(batch: int, itemsize: int, prefetched: int = 0) -> int:

@@ -41,7 +41,7 @@ import numpy as np
 
 from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError
-from mmpool.memory import BATCH_BUFFERS, GIB, anon_bytes, batch_buffer_bytes
+from mmpool.memory import BATCH_BUFFERS, GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes
 from mmpool.packing import ENTRY_BYTES
 from mmpool.pagecache import cache_limit
 from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
@@ -142,7 +142,7 @@ class Plan:
                 if self.workers
                 else []
             ),
-            f"  batches   {_size(self.batch_bytes)} x {self.gatherers}  ({BATCH_BUFFERS} x batch "
+            f"  batches   {_size(self.batch_bytes)} x {self.gatherers}  ({BATCH_BUFFERS} + {PREFETCH_BATCHES} made ahead x batch "
             f"{self.batch_size:,} x {self.itemsize} B per gathering process)",
             f"  pool      {_size(self.pool_bytes)}      ({self.pool_entries:,} entries x {ENTRY_BYTES} B; "
             f"refill below {self.refill_threshold:,})",
@@ -251,7 +251,7 @@ def plan(
     segments, _ = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, world_size * parts)
     mine = segments[:parts]  # rank 0's participants; every rank's are as large, to a row
     baseline = _baseline() if baseline_gb is None else int(baseline_gb * GIB)
-    batch_bytes = batch_buffer_bytes(batch_size, cat.schema.itemsize)
+    batch_bytes = batch_buffer_bytes(batch_size, cat.schema.itemsize, PREFETCH_BATCHES)
     worker_bytes = WORKER_BYTES if _pss_counted() else baseline + WORKER_BYTES
     max_pool = max(0, (cap - HEADROOM - baseline - workers * worker_bytes - parts * batch_bytes) // ENTRY_BYTES)
     epoch_entries = sum(s.positions for s in mine) * factor

@@ -322,7 +322,8 @@ class ShardStore:
     @property
     def mapped_bytes(self) -> int:
         """Bytes of address space currently mapped (file-backed; page cache, not process memory)."""
-        return sum(m.nbytes for m in self._open.values())
+        # A copy taken in one C call: with prefetch_batches the stream's thread may map or unmap a pack meanwhile.
+        return sum(m.nbytes for m in list(self._open.values()))
 
     def close(self) -> None:
         """Stop the read-ahead and unmap everything."""
