@@ -84,8 +84,8 @@ class DemoSummary:
                 f"  per-directory share:         {shares}",
                 f"  distinct shards per batch:   {self.distinct_mixed:.1f} mixed, vs {self.distinct_sequential:.2f} "
                 "when shards are read one after another",
-                f"  peak memory:                 {self.peak_memory_bytes / 2**30:.2f} GB anonymous (main process + "
-                f"workers, as the {self.max_memory_gb:g} GB cap counts it)",
+                f"  peak memory:                 {self.peak_memory_bytes / 2**30:.2f} GiB anonymous (main process + "
+                f"workers, as the {self.max_memory_gb:g} GiB cap counts it)",
                 f"  loss (policy + value):       {self.loss_start:.2f} -> {self.loss_end:.2f} "
                 "(mean of the first and of the last 10% of batches)",
                 f"  picture:                     {self.png or NO_PICTURE}",
@@ -302,7 +302,7 @@ def _train(
                     pool = ds.stats().pool_entries
                     bar.set_postfix_str(
                         f"pool {pool / ds.pool_size:.0%} of {ds.pool_size:,}, "
-                        f"mem {used / 2**30:.2f} GB, loss {np.mean(losses[-20:]):.2f}"
+                        f"mem {used / 2**30:.2f} GiB, loss {np.mean(losses[-20:]):.2f}"
                     )
     finally:
         torch.set_num_threads(threads)

@@ -42,7 +42,7 @@ class Stats:
         return (
             f"epoch {self.epoch}: {self.examples} examples [{dirs}]; shards activated {self.shards_activated}, "
             f"exhausted {self.shards_exhausted}; refills {self.refills}; dropped {self.dropped}; "
-            f"peak memory {self.peak_memory_bytes / 2**30:.2f} GB; pool {self.pool_entries} entries"
+            f"peak memory {self.peak_memory_bytes / 2**30:.2f} GiB; pool {self.pool_entries} entries"
         )
 
 
