@@ -335,7 +335,8 @@ def test_stats_during_iteration(two_dirs: Data, batch_size: int | None) -> None:
             if ahead == 0:
                 assert st.per_dir == np.bincount(id_dir(ids), minlength=2).tolist()
             assert 0 < st.shards_activated <= 16 and st.refills > 0
-            assert 0 < st.pool_entries <= 1000
+            # Batches are made ahead (prefetch_batches): after the last one is handed over the pool may be empty.
+            assert 0 < st.pool_entries <= 1000 or (len(ids) == two_dirs.total and st.pool_entries == 0)
             checked += 1
     assert checked >= 7
     st = ds.stats()
