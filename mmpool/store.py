@@ -317,13 +317,22 @@ class ShardStore:
 
     def mapped_packs(self) -> list[int]:
         """Global ids of the packs mapped now."""
-        return list(self._open)
+        return [p for p, _ in self._snapshot()]
 
     @property
     def mapped_bytes(self) -> int:
         """Bytes of address space currently mapped (file-backed; page cache, not process memory)."""
-        # A copy taken in one C call: with prefetch_batches the stream's thread may map or unmap a pack meanwhile.
-        return sum(m.nbytes for m in list(self._open.values()))
+        return sum(m.nbytes for _, m in self._snapshot())
+
+    def _snapshot(self) -> list[tuple[int, Any]]:
+        """The open mappings, read from another thread than the one gathering (with prefetch_batches the stream's
+        thread maps and unmaps packs meanwhile; an OrderedDict changed during a read raises): read until a read
+        completes."""
+        while True:
+            try:
+                return list(self._open.items())
+            except (KeyError, RuntimeError):
+                continue
 
     def close(self) -> None:
         """Stop the read-ahead and unmap everything."""

@@ -67,22 +67,27 @@ def test_resume_after_prefetch_continues_at_the_last_batch_handed_over(two_dirs:
 
 
 def test_close_and_leaving_a_loop_stop_the_threads(two_dirs: Data) -> None:
-    before = threading.active_count()
+    # Threads of earlier tests may still be ending: watch only the threads this test starts.
+    before = set(threading.enumerate())
+
+    def started() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
     ds = make(two_dirs, prefetch_batches=2)
     it = iter(ds)
     next(it)
-    assert threading.active_count() > before
+    assert started()
     it.close()
-    assert threading.active_count() == before
+    assert started() == []
     with pytest.raises(StopIteration):
         next(it)
     for i, _ in enumerate(ds):  # a loop left early: the iterator is dropped
         if i == 3:
             break
     gc.collect()
-    assert threading.active_count() == before
+    assert started() == []
     never = iter(ds)  # made and never used: no thread
-    assert threading.active_count() == before
+    assert started() == []
     never.close()
 
 
