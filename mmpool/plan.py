@@ -45,7 +45,7 @@ from mmpool.memory import BATCH_BUFFERS, GIB, PREFETCH_BATCHES, anon_bytes, batc
 from mmpool.packing import ENTRY_BYTES
 from mmpool.pagecache import cache_limit
 from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
-from mmpool.schedule import Segments, plan_epoch
+from mmpool.schedule import Segments, interleave, plan_epoch, slice_rows
 from mmpool.store import ShardStore
 
 HEADROOM = 32 << 20  # left free under the cap: what a process allocates between this plan and the pool
@@ -265,6 +265,7 @@ def plan(
     # As the dataset splits them: each participant's pool is a share of the rank's, never above its epoch.
     share, threshold = participant_pool(pool_size, refill_threshold, parts)
     capacity = [pool_capacity(share, s.positions, factor) for s in mine]
+    mine = [interleave(s, cat.shard_dir, cat.weights, slice_rows(c, factor)) for s, c in zip(mine, capacity)]
     window = _window(cat, mine[0], capacity[0], min(threshold, capacity[0]), factor, batch_size, max_open_packs, seed)
     fill_ns = _calibrate()
     build = _fill_seconds(capacity[0], fill_ns) * -(-parts // max(1, os.cpu_count() or 1))

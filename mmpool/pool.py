@@ -63,6 +63,13 @@ class PoolCounts:
         self.size = 0
         self.seg = 0  # next segment to activate
         self.row = int(segments.lo[0]) if len(segments.shard) else 0  # next row inside it
+        # A shard may enter in several slices (schedule.interleave): it is activated with its first slice and
+        # fully activated after its last.
+        shards, first = np.unique(segments.shard, return_index=True)
+        self._starts_shard = np.zeros(len(segments.shard), dtype=bool)
+        self._starts_shard[first] = True
+        last = len(segments.shard) - 1 - np.unique(segments.shard[::-1], return_index=True)[1]
+        self._done_at = shards[np.argsort(last, kind="stable")], np.sort(last)
         self.activated_shards = 0
         self.refills = 0
 
@@ -75,9 +82,23 @@ class PoolCounts:
     def exhausted(self) -> bool:
         return self.size == 0 and not self.data_left
 
+    @property
+    def entries_pending(self) -> int:
+        """Entries not handed out yet of those pooled or preloaded (rows not activated aside)."""
+        return self.size + self.preloaded_total - self.pre
+
+    def activated_rows(self) -> Segments:
+        """The segment rows that have entered the pool."""
+        segs, n = self.segments, self.seg + int(self.seg < len(self.segments.shard))
+        hi = segs.hi[:n].copy()
+        if n > self.seg:
+            hi[-1] = self.row
+        return Segments(segs.shard[:n], segs.lo[:n], hi)
+
     def shards_fully_activated(self) -> np.ndarray:
         """Global ids of shards whose rows (for this participant) have all entered the pool."""
-        return self.segments.shard[: self.seg]
+        shards, last = self._done_at
+        return shards[: np.searchsorted(last, self.seg)]
 
     def fill(self) -> int:
         """Top the pool up to capacity (preloaded entries first, then the next segment rows); returns the number
@@ -125,8 +146,7 @@ class PoolCounts:
             g = int(segs.shard[self.seg])
             lo = self.row
             hi = min(int(segs.hi[self.seg]), lo + positions)
-            # A continued epoch's shard may come in several consecutive segments: count it once.
-            if lo == int(segs.lo[self.seg]) and (self.seg == 0 or int(segs.shard[self.seg - 1]) != g):
+            if lo == int(segs.lo[self.seg]) and self._starts_shard[self.seg]:
                 self.activated_shards += 1
             out.append((g, lo, hi))
             positions -= hi - lo
@@ -180,12 +200,17 @@ class IndexPool(PoolCounts):
         segs = self.segments
         started = self.seg + int(self.seg < len(segs.shard) and self.row > int(segs.lo[self.seg]))
         budget = self.capacity // self.factor
+        spans: dict[int, list[int]] = {}  # shard -> [lo, hi]: a shard's recent slices, read ahead in one range
         for i in np.flatnonzero(self.outstanding[segs.shard[:started]] > 0)[::-1]:
             if budget <= 0:
                 break
             lo, hi = int(segs.lo[i]), int(segs.hi[i]) if i < self.seg else self.row
-            read_ahead(int(segs.shard[i]), max(lo, hi - budget), hi)
+            lo = max(lo, hi - budget)
+            span = spans.setdefault(int(segs.shard[i]), [lo, hi])
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
             budget -= hi - lo
+        for g, (lo, hi) in spans.items():
+            read_ahead(g, lo, hi)
 
     def fill(self) -> int:
         """Top the pool up to capacity (preloaded entries first, then the next segment rows); returns the number

@@ -59,6 +59,7 @@ def plan_epoch(
     weights: np.ndarray,
     participants: int,
     max_positions: int | None = None,
+    slice_rows: int | None = None,
 ) -> tuple[list[Segments], int]:
     """Split the epoch between ``participants`` (rank-major: participant = rank * workers + worker).
 
@@ -66,12 +67,67 @@ def plan_epoch(
     cut into ``participants`` contiguous blocks, so each rank reads one contiguous block of every shard and all
     workers walk the same shards at the same time. Which participants get the one-row remainders rotates from
     shard to shard, so totals differ by at most one; each participant is then cut to the smallest total (the
-    *quota*) so every rank yields the same number of examples. Returns the segments and the quota.
+    *quota*) so every rank yields the same number of examples. With ``slice_rows``, each participant's rows then
+    enter its pool in slices of that many rows, interleaved between directories (``interleave``).
+    Returns the segments and the quota.
     """
     pieces = epoch_rows(shard_dir, shard_rows, weights, max_positions)
     sizes = block_sizes(pieces.hi, participants)
     quota = int(sizes.sum(axis=0).min())
-    return assign_blocks(pieces, np.arange(len(pieces.shard)), sizes, np.full(participants, quota)), quota
+    segments = assign_blocks(pieces, np.arange(len(pieces.shard)), sizes, np.full(participants, quota))
+    if slice_rows is not None:
+        segments = [interleave(s, shard_dir, weights, slice_rows) for s in segments]
+    return segments, quota
+
+
+SLICES_PER_POOL = 256  # a slice is 1/256 of the pool: each directory's share of the pool stays within ~0.4%
+MIN_SLICE_ROWS = 16  # below that, the per-slice work of a refill costs more than its rows
+
+
+def slice_rows(capacity: int, factor: int) -> int:
+    """Rows a shard enters a pool of ``capacity`` entries by (``interleave``): a small part of the pool."""
+    return max(MIN_SLICE_ROWS, capacity // (factor * SLICES_PER_POOL))
+
+
+def interleave(segments: Segments, shard_dir: np.ndarray, weights: np.ndarray, slice_rows: int) -> Segments:
+    """The same rows cut into slices of at most ``slice_rows`` rows and merged between directories at their
+    weights' pace, each directory's slices in their order (so rows stay sequential inside each directory).
+
+    Whole shards entering one at a time swing the pool's mix by a shard's share of the pool at each directory's
+    turn; slices much smaller than the pool keep every directory within a slice of its share at every refill.
+    The merge is the activation order's rule applied to slices: the slice whose middle row is due first goes
+    next, ``(rows of its directory before it + its rows / 2) / weight`` (ties to the lower directory); as that
+    key grows along each directory, sorting all slices by it is the greedy merge. Neighbouring slices of one
+    shard that end up next to each other are joined again (one directory: nothing changes).
+    """
+    n = segments.hi - segments.lo
+    pieces = -(-n // slice_rows)
+    seg = np.repeat(np.arange(len(n)), pieces)
+    first = np.cumsum(pieces) - pieces
+    lo = segments.lo[seg] + (np.arange(len(seg)) - first[seg]) * slice_rows
+    hi = np.minimum(lo + slice_rows, segments.hi[seg])
+    shard = segments.shard[seg]
+    d = shard_dir[shard]
+    rows = hi - lo
+    by_dir = np.argsort(d, kind="stable")
+    before = np.empty_like(rows)
+    ends = np.cumsum(rows[by_dir])
+    dir_start = np.searchsorted(d[by_dir], d[by_dir])  # where each slice's directory begins in by_dir
+    before[by_dir] = ends - rows[by_dir] - np.concatenate([[0], ends])[dir_start]
+    due = (before + rows / 2) / np.asarray(weights, dtype=np.float64)[d]
+    order = np.lexsort((d, due))
+    return join(shard[order], lo[order], hi[order])
+
+
+def join(shard: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Segments:
+    """Segments of these ranges, neighbours that continue one another (same shard, next rows) joined."""
+    if len(shard) == 0:
+        return Segments(shard, lo, hi)
+    starts = np.ones(len(shard), dtype=bool)
+    starts[1:] = (shard[1:] != shard[:-1]) | (lo[1:] != hi[:-1])
+    start = np.flatnonzero(starts)
+    stop = np.append(start[1:], len(shard)) - 1
+    return Segments(shard[start], lo[start], hi[stop])
 
 
 def epoch_rows(

@@ -11,8 +11,9 @@ import torch
 from conftest import Data, collect, id_dir, id_shard, stack
 
 from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.elastic import RunSpec, epoch_plan
 from mmpool.errors import ConfigError
-from mmpool.schedule import activation_order
+from mmpool.schedule import MIN_SLICE_ROWS, activation_order
 
 
 def make(data: Data, **kw) -> StreamingMixedShardDataset:
@@ -197,12 +198,15 @@ def test_shards_are_activated_in_ascending_order_inside_each_directory(uneven_di
 
 def test_with_a_pool_drained_by_every_batch_shards_first_appear_in_activation_order(uneven_dirs: Data) -> None:
     """A pool drained completely by every batch (batch = pool, threshold 1) hands out entries in the order they are
-    activated, up to shuffling inside a batch; shards are longer than a batch, so the stream's first appearances
-    of shards follow the activation order exactly and inside each directory shards come in ascending order."""
-    ds = make(uneven_dirs, shard_ranges=["0-9", "all", "all"], pool_size=64, refill_threshold=1, batch_size=64)
+    activated, up to shuffling inside a batch; a batch is as long as a slice (a shard enters in slices), so no
+    batch holds the first rows of two shards: the stream's first appearances of shards follow the planned order
+    exactly and inside each directory shards come in ascending order."""
+    ds = make(uneven_dirs, shard_ranges=["0-9", "all", "all"], pool_size=16, refill_threshold=1, batch_size=16)
     seen = first_appearances(ids_of(ds))
     cat = ds.catalog
-    order = activation_order(cat.shard_dir, cat.shard_rows, cat.weights)
+    run = RunSpec.from_config(ds._config(), 0, cat.shard_dir, cat.shard_rows)
+    assert run.slice_rows == MIN_SLICE_ROWS
+    order = list(dict.fromkeys(epoch_plan(cat.shard_dir, cat.shard_rows, run).segments[0].shard.tolist()))
     assert seen == list(zip(cat.shard_dir[order].tolist(), cat.shard_number[order].tolist()))
     for k, count in enumerate([10, 3, 1]):
         numbers = [n for d, n in seen if d == k]
