@@ -29,8 +29,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mmpool.augment import Augmentation
 from mmpool.catalog import Catalog, Weights
-from mmpool.elastic import ELASTIC_KEYS, changes, check_origin, collect
+from mmpool.elastic import ELASTIC_KEYS, MIXES, changes, check_origin, collect
 from mmpool.errors import ConfigError, MemoryLimitExceeded
+from mmpool.games import GameKey
 from mmpool.iterator import Participant, Position, StreamIterator
 from mmpool.memory import GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes, measure, report
 from mmpool.packing import ENTRY_BYTES, MAX_SYMMETRIES
@@ -38,7 +39,7 @@ from mmpool.pool import default_threshold
 from mmpool.stats import MAX_WORKERS, Stats, StatsBoard
 
 log = logging.getLogger("mmpool")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: shards enter the pool in slices (mmpool 0.3); a version-1 order differs
 PROGRESS_KEYS = ("epoch", "start", "items", "worker", "num_workers")
 Transform = Callable[[dict[str, np.ndarray]], dict[str, Any]]
 
@@ -75,6 +76,11 @@ class StreamingMixedShardDataset(IterableDataset):
         max_open_packs: bound on open pack mappings (each holds a file descriptor).
         memory_check_interval: seconds between memory checks (0 checks every batch).
         chunk_size: entries drawn at a time in single-example mode.
+        mix: ``"pool"`` draws every batch uniformly from the whole pool (each directory's share holds over
+            windows of a few batches, as in a global shuffle); ``"stratified"`` keeps one sub-pool per directory
+            and gives every batch each directory's share exactly, up to rounding (``mmpool.stratified``).
+        game_field: a field, or a range of one (``"globalTargetsNC[41:47]"``), that identifies a position's
+            game: ``stats()`` then reports distinct games per batch and the most positions of one game in a batch.
 
     ``state_dict()`` describes the iterator this object created last (in this process: with DataLoader workers,
     each worker's copy describes its own; torchdata's StatefulDataLoader collects them).
@@ -105,6 +111,8 @@ class StreamingMixedShardDataset(IterableDataset):
         max_open_packs: int = 64,
         memory_check_interval: float = 0.5,
         chunk_size: int = 1024,
+        mix: str = "pool",
+        game_field: str | None = None,
     ) -> None:
         super().__init__()
         if verbose:
@@ -160,7 +168,11 @@ class StreamingMixedShardDataset(IterableDataset):
         self._rank, self._world_size = rank, world_size  # None: resolved when iteration starts
         self._inherited: tuple[int, int] | None = None  # rank and world size resolved by the main process
         self._refuse_if_pool_cannot_fit()
-        self.board = StatsBoard(self.catalog.num_dirs)
+        if mix not in MIXES:
+            raise ConfigError(f"mix={mix!r}: use one of {', '.join(repr(m) for m in MIXES)}")
+        self.mix = mix
+        self.game_key = None if game_field is None else GameKey(game_field, self.catalog.schema.field_specs())
+        self.board = StatsBoard(self.catalog.num_dirs, game_key=self.game_key is not None)
         # The epoch each participant's next iteration starts: [main process, worker 0, worker 1, ...].
         self._next_epoch = torch.zeros(MAX_WORKERS + 1, dtype=torch.int64).share_memory_()
         self._position: Position | None = None  # of the iterator created last; None before the first
@@ -371,6 +383,7 @@ class StreamingMixedShardDataset(IterableDataset):
             else int(self.max_examples_unaugmented),
             "world_size": world,
             "rank": rank,
+            "mix": self.mix,
         }
 
     def _refuse_if_pool_cannot_fit(self) -> None:
@@ -446,6 +459,11 @@ def _config_diff(saved: dict[str, Any], mine: dict[str, Any], skip: Sequence[str
 def _check_state(state: Any) -> None:
     """A ConfigError unless ``state`` is an unedited mmpool state."""
     keys = ("version", *PROGRESS_KEYS, "shards_upto", "config", "fingerprint")
+    if isinstance(state, dict) and state.get("version") == 1:
+        raise ConfigError(
+            "the state was saved by mmpool 0.2 (state version 1), whose order differs from this version's (shards "
+            "now enter the pool in slices): resume it with mmpool 0.2, or start this epoch anew (set_epoch)"
+        )
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or any(k not in state for k in keys):
         raise ConfigError(f"not an mmpool state (version {STATE_VERSION}): {str(state)[:200]}")
     if _fingerprint(state["config"]) != state["fingerprint"]:

@@ -36,9 +36,21 @@ import numpy as np
 from mmpool.catalog import dir_weights
 from mmpool.errors import ConfigError
 from mmpool.pool import IndexPool, PoolCounts, participant_pool
-from mmpool.schedule import Segments, activation_order, assign_blocks, block_sizes, epoch_rows, plan_epoch
+from mmpool.schedule import (
+    Segments,
+    activation_order,
+    assign_blocks,
+    block_sizes,
+    epoch_rows,
+    interleave,
+    plan_epoch,
+    slice_rows,
+)
+from mmpool.stratified import StratifiedPool, by_directory, split_capacity, split_preloaded
 
 ELASTIC_KEYS = ("world_size", "rank", "weights")  # what a continuation may change; anything else is a ConfigError
+MIXES = ("pool", "stratified")
+Pool = IndexPool | StratifiedPool  # what a stream draws from
 _SPLIT = 0x656C6173  # b"elas": keeps the generator that deals out leftovers apart from the participants' ones
 
 
@@ -57,6 +69,8 @@ class RunSpec:
     drop_last: bool
     max_positions: int | None
     weights: np.ndarray  # normalised, one per directory
+    shard_dir: np.ndarray  # the directory of every shard of the catalog
+    mix: str = "pool"  # "pool": one pool; "stratified": a sub-pool per directory, exact shares per batch
 
     @classmethod
     def from_config(
@@ -76,11 +90,18 @@ class RunSpec:
             drop_last=bool(config["drop_last"]),
             max_positions=config["max_examples_unaugmented"],
             weights=weights,
+            shard_dir=shard_dir,
+            mix=str(config.get("mix", "pool")),
         )
 
     @property
     def participants(self) -> int:
         return self.world_size * self.workers
+
+    @property
+    def slice_rows(self) -> int:
+        """Rows a shard enters a participant's pool by: a small part of the pool (see ``schedule.interleave``)."""
+        return slice_rows(self.capacity, self.factor)
 
     @property
     def capacity(self) -> int:
@@ -90,24 +111,52 @@ class RunSpec:
     def threshold(self) -> int:
         return participant_pool(self.pool_size, self.refill_threshold, self.workers)[1]
 
-    def pool(self, plan: Plan, participant: int, epoch: int, num_shards: int, on_activate: Any = None) -> IndexPool:
-        """The IndexPool of one participant of this run for ``plan``, exactly as its stream builds it."""
+    def pool(self, plan: Plan, participant: int, epoch: int, num_shards: int, on_activate: Any = None) -> Pool:
+        """The pool of one participant of this run for ``plan``, exactly as its stream builds it."""
         seq = [self.seed, epoch, participant, self.participants] + ([plan.depth] if plan.depth else [])
-        return IndexPool(
-            plan.segments[participant],
-            self.capacity,
-            self.threshold,
-            self.factor,
-            np.random.default_rng(np.random.SeedSequence(seq)),
-            num_shards,
-            on_activate,
-            plan.preloaded(participant),
-        )
+        segments, preloaded = plan.segments[participant], plan.preloaded(participant)
+        if self.mix == "pool":
+            rng = np.random.default_rng(np.random.SeedSequence(seq))
+            return IndexPool(
+                segments, self.capacity, self.threshold, self.factor, rng, num_shards, on_activate, preloaded
+            )
+        num_dirs = len(self.weights)
+        seeds = np.random.SeedSequence(seq).spawn(num_dirs)
+        segs = by_directory(segments, self.shard_dir, num_dirs)
+        pre = split_preloaded(preloaded, self.shard_dir, num_dirs)
+        caps, thresholds = self._split()
+        subs = [
+            IndexPool(
+                segs[d],
+                caps[d],
+                thresholds[d],
+                self.factor,
+                np.random.default_rng(seeds[d]),
+                num_shards,
+                on_activate,
+                pre[d],
+            )
+            for d in range(num_dirs)
+        ]
+        return StratifiedPool(subs, self.weights)
 
-    def counts(self, plan: Plan, participant: int) -> PoolCounts:
+    def counts(self, plan: Plan, participant: int) -> PoolCounts | StratifiedPool:
         """The same pool's counts alone: what its fills and draws reach, without entries or generator."""
-        count = int(plan.bounds[participant + 1] - plan.bounds[participant])
-        return PoolCounts(plan.segments[participant], self.capacity, self.threshold, self.factor, count)
+        segments = plan.segments[participant]
+        if self.mix == "pool":
+            count = int(plan.bounds[participant + 1] - plan.bounds[participant])
+            return PoolCounts(segments, self.capacity, self.threshold, self.factor, count)
+        num_dirs = len(self.weights)
+        segs = by_directory(segments, self.shard_dir, num_dirs)
+        # Each directory's share of the preloaded entries: the entries themselves tell (their shard's directory).
+        pre = [len(p) for p in split_preloaded(plan.preloaded(participant), self.shard_dir, num_dirs)]
+        caps, thresholds = self._split()
+        subs = [PoolCounts(segs[d], caps[d], thresholds[d], self.factor, pre[d]) for d in range(num_dirs)]
+        return StratifiedPool(subs, self.weights)
+
+    def _split(self) -> tuple[list[int], list[int]]:
+        """The directories' sub-pool capacities and thresholds (``mix="stratified"``): the pool's, by weight."""
+        return split_capacity(self.capacity, self.weights, self.factor), split_capacity(self.threshold, self.weights, 1)
 
 
 class Leftovers:
@@ -162,7 +211,9 @@ class Plan:
 
 def epoch_plan(shard_dir: np.ndarray, shard_rows: np.ndarray, run: RunSpec) -> Plan:
     """The plan of a whole epoch (``plan_epoch``): no preloaded entries, every row of the epoch scheduled."""
-    segments, quota = plan_epoch(shard_dir, shard_rows, run.weights, run.participants, run.max_positions)
+    segments, quota = plan_epoch(
+        shard_dir, shard_rows, run.weights, run.participants, run.max_positions, run.slice_rows
+    )
     rows = _sorted(epoch_rows(shard_dir, shard_rows, run.weights, run.max_positions))
     dropped = (rows.positions - quota * run.participants) * run.factor
     return Plan(segments, quota * run.factor, dropped, rows, 0, Leftovers(), np.zeros(run.participants + 1, int))
@@ -190,6 +241,7 @@ def continued_plan(remainder: Remainder, shard_dir: np.ndarray, run: RunSpec, ep
         quota -= 1
     keep = np.minimum(have, quota // k)
     segments = assign_blocks(pieces, rank[unit_of][by_rank], sizes, keep)
+    segments = [interleave(s, shard_dir, run.weights, run.slice_rows) for s in segments]
     bounds = np.cumsum([0, *(quota - k * keep)])
     dropped = pooled + k * int(have.sum()) - n_part * quota
     return Plan(segments, quota, dropped, rows, depth, remainder.pooled, bounds)
@@ -213,12 +265,11 @@ def remainder_of(
             parts.append((0, partial(np.empty, 0, np.uint64)))
             continue
         counts = run.counts(plan, q)
-        undelivered = _replay(counts, run, n, q) if n else counts.draw(0)
-        left = counts.size + len(undelivered) + counts.preloaded_total - counts.pre
-        parts.append((left, partial(_leftovers, plan, run, epoch, q, n, len(shard_rows))))
-        lo = segs.lo[: counts.seg + (counts.seg < len(segs.shard))]
-        hi = np.concatenate([segs.hi[: counts.seg], np.array([counts.row][: len(lo) - counts.seg], np.int64)])
-        activated.append(Segments(segs.shard[: len(lo)], lo, hi))
+        undelivered = len(_replay(counts, run, n, q)) if n else 0
+        parts.append(
+            (counts.entries_pending + undelivered, partial(_leftovers, plan, run, epoch, q, n, len(shard_rows)))
+        )
+        activated.append(counts.activated_rows())
     rows = subtract(plan.rows, _concat(activated), shard_rows)
     return Remainder(Leftovers(parts), rows)
 
@@ -227,14 +278,14 @@ def _leftovers(plan: Plan, run: RunSpec, epoch: int, q: int, items: int, num_sha
     """The entries participant ``q`` had not yielded after ``items`` items, shuffled (so that any part of them is
     a uniform sample): its pool replayed with its generator."""
     pool = run.pool(plan, q, epoch, num_shards)
-    undelivered = _replay(pool, run, items, q) if items else pool.preloaded[:0]
+    undelivered = _replay(pool, run, items, q) if items else np.empty(0, dtype=np.uint64)
     out = np.concatenate([pool.entries_left(), undelivered])
     seq = [run.seed, epoch, q, run.participants, plan.depth, _SPLIT]
     np.random.default_rng(np.random.SeedSequence(seq)).shuffle(out)
     return out
 
 
-def _replay(pool: PoolCounts, run: RunSpec, items: int, participant: int) -> np.ndarray:
+def _replay(pool: PoolCounts | StratifiedPool, run: RunSpec, items: int, participant: int) -> np.ndarray:
     """Draw as the stream drew for its first ``items`` items; returns entries drawn but not yielded yet (the
     rest of the last chunk of single examples)."""
     pool.fill()

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from mmpool.catalog import Catalog
-from mmpool.elastic import Plan, RunSpec, continued_plan, epoch_plan, origin_remainder
+from mmpool.elastic import Plan, Pool, RunSpec, continued_plan, epoch_plan, origin_remainder
 from mmpool.memory import GIB, MemoryGuard
 from mmpool.packing import ENTRY_BYTES, shard_of, sym_of
-from mmpool.pool import IndexPool, participant_pool
+from mmpool.pool import participant_pool
 from mmpool.prefetcher import Prefetcher
-from mmpool.stats import Slot
+from mmpool.stats import BatchCounts, Slot
 from mmpool.store import ShardStore
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class StreamIterator(Iterator[Batch]):
         return self._stream.store
 
     @property
-    def pool(self) -> IndexPool | None:
+    def pool(self) -> Pool | None:
         return self._stream.pool
 
 
@@ -182,7 +182,7 @@ class _Stream:
         self.who = who
         self.prefetching = prefetching  # batches are made ahead: the position shown is a separate object
         self.shown: Position | None = None
-        self.counts: np.ndarray | None = None  # examples per directory of the batch just made (prefetching)
+        self.counts: BatchCounts | None = None  # what the statistics count of the batch just made (prefetching)
         self.between_epochs: Callable[[], None] | None = None  # called at each epoch's end (prefetch: wait there)
         self.begin = begin  # claims the epoch and the catalog, at the first item
         self.slot = slot
@@ -191,8 +191,9 @@ class _Stream:
         self.position: Position | None = None
         self.store = ShardStore(ds.catalog, ds.max_open_packs, factor=ds.factor)
         self.guard = MemoryGuard(int(ds.max_memory_gb * GIB), ds.memory_check_interval, in_worker=who.in_worker)
-        self.pool: IndexPool | None = None
+        self.pool: Pool | None = None
         self.augment = ds.augmentation if ds.enable_augmentation else None
+        self.game_key = ds.game_key
         self.step = ds.batch_size or ds.chunk_size
 
     def run(self) -> Generator[Batch, None, None]:
@@ -217,15 +218,15 @@ class _Stream:
             self.pool = None
             self.store.close()
 
-    def snapshot(self) -> tuple[int, int, np.ndarray | None]:
-        """(epoch, items, examples per directory) of the batch just made ahead: the position it leaves the stream
-        at, and what the statistics count when the user takes it."""
+    def snapshot(self) -> tuple[int, int, BatchCounts | None]:
+        """(epoch, items, counts) of the batch just made ahead: the position it leaves the stream at, and what
+        the statistics count when the user takes it."""
         pos = self.position
         assert pos is not None
         counts, self.counts = self.counts, None
         return pos.epoch, pos.items, counts
 
-    def show(self, where: tuple[int, int, np.ndarray | None]) -> None:
+    def show(self, where: tuple[int, int, BatchCounts | None]) -> None:
         """The user has the batch that left the stream at ``where``: report that position, count its examples."""
         if self.shown is not None:
             self.shown.epoch, self.shown.items = where[0], where[1]
@@ -256,7 +257,7 @@ class _Stream:
         # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
         read_ahead = self._read_ahead if ds.prefetch else None
         pool = self.pool = run.pool(plan, who.index, pos.epoch, cat.num_shards, None if skip else read_ahead)
-        self.slot.start_epoch(pos.epoch, plan.dropped if who.index == 0 else 0)
+        self.slot.start_epoch(pos.epoch, plan.dropped if who.index == 0 else 0, run.weights)
         del plan  # it keeps the old pools' leftovers it was dealt from; the pool has its share
         self.guard.check(self._context, force=True)  # over the cap already: say so before building anything
         t0 = time.perf_counter()
@@ -322,12 +323,11 @@ class _Stream:
     def _batch(self, packed: np.ndarray) -> Batch:
         """pool entries -> records (store) -> augmentation -> transform -> tensors."""
         fields = self.store.gather(packed)
+        counts = self._counts(packed, fields)
         if self.augment is not None:
             fields = self.augment.apply(fields, sym_of(packed))
         if self.ds.transform is not None:
             fields = self.ds.transform(fields)
-        cat = self.catalog
-        counts = np.bincount(cat.shard_dir[shard_of(packed)], minlength=cat.num_dirs)
         if self.prefetching:
             self.counts = counts  # counted when the user takes the batch (show), not when it is made
         else:
@@ -338,6 +338,15 @@ class _Stream:
             k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
             for k, v in fields.items()
         }
+
+    def _counts(self, packed: np.ndarray, fields: dict[str, np.ndarray]) -> BatchCounts:
+        """What the statistics count of a batch: examples per directory, distinct shards, and games (with a
+        game key; read from the gathered records before the augmentation and the transform change them)."""
+        shards = shard_of(packed)
+        cat = self.catalog
+        per_dir = np.bincount(cat.shard_dir[shards], minlength=cat.num_dirs)
+        games, game_max = self.game_key.games(fields) if self.game_key is not None else (0, 0)
+        return BatchCounts(per_dir, len(np.unique(shards)), games, game_max)
 
     def _refill(self, force_check: bool = True) -> None:
         """Top the pool up; ``force_check=False`` (a fast-forward) checks memory only at the guard's interval."""
@@ -351,7 +360,7 @@ class _Stream:
         self.slot.set_peak(self.guard.peak)
         if log.isEnabledFor(logging.INFO):
             log.info(
-                "refill: +%d entries in %.3fs, pool %d/%d, shards activated %d, memory %.2f GiB, shares %s",
+                "refill: +%d entries in %.3fs, pool %d/%d, shards activated %d, memory %.2f GiB, shares %s, %s",
                 added,
                 time.perf_counter() - t0,
                 pool.size,
@@ -359,12 +368,14 @@ class _Stream:
                 pool.activated_shards,
                 used / GIB,
                 self.slot.shares(self.catalog.weights),
+                self.slot.mixing(),
             )
 
     def _read_ahead(self, shard: int, lo: int, hi: int) -> None:
         """Rows ``lo..hi-1`` of a shard entered the pool: read them ahead (cold page cache) and log it."""
         self.store.prefetch(shard, lo, hi)
-        log.info("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
+        if log.isEnabledFor(logging.DEBUG):  # a shard enters in slices: a line each is for debugging
+            log.debug("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
 
     def _context(self) -> str:
         """mmpool's own share of the memory counted, for the memory report."""

@@ -87,7 +87,9 @@ def _one_of(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return hot & mask
 
 
-def katago_rows(n: int, seed: int, global_targets: int = 80, with_q: bool = True) -> dict[str, np.ndarray]:
+def katago_rows(
+    n: int, seed: int, global_targets: int = 80, with_q: bool = True, game_length: int | None = None
+) -> dict[str, np.ndarray]:
     """``n`` KataGo-like 19x19 training rows with the keys, dtypes and per-row shapes of KataGo's npz shards.
 
     ``binaryInputNCHWPacked`` uint8 (22, 46): 22 planes of 361 squares packed big-endian (row-major ``r*19+c``),
@@ -101,6 +103,10 @@ def katago_rows(n: int, seed: int, global_targets: int = 80, with_q: bool = True
     hash in channels 41-46; ``scoreDistrN`` int8 (842,) summing to 100; ``globalInputNC`` float32 (19,);
     ``metadataInputNC`` float32 (192,); ``qValueTargetsNCMove`` int16 (3, 362) (if ``with_q``), non-zero only
     where channel 0 of the policy has visits. Deterministic in ``seed``.
+
+    ``game_length``: rows come in whole games of ``game_length/2 .. 3*game_length/2`` positions, one after
+    another, the positions of a game sharing its hash (as a selfplay file holds them before any shuffle);
+    None gives every row a hash of its own (a shuffled file).
     """
     if n < 0 or seed < 0:
         raise ConfigError(f"katago_rows: n and seed must be >= 0, got n={n}, seed={seed}")
@@ -160,6 +166,12 @@ def katago_rows(n: int, seed: int, global_targets: int = 80, with_q: bool = True
     gt[:, 3] = lead
     gt[:, 25] = 1.0  # weight of this row
     gt[:, _KATAGO_HASH] = rng.integers(0, 1 << 24, size=(n, 6))  # exact in float32
+    if game_length is not None:
+        lengths = rng.integers(
+            max(1, game_length // 2), game_length * 3 // 2 + 1, size=n // max(1, game_length // 2) + 1
+        )
+        game = np.repeat(np.arange(len(lengths)), lengths)[:n]
+        gt[:, _KATAGO_HASH] = gt[game, _KATAGO_HASH]
     # One bell of integer percentages summing to 100, centred on each row's lead.
     offsets = np.arange(-24, 25)
     bell = np.floor(100 * _BELL / _BELL.sum()).astype(np.int8)
