@@ -7,6 +7,9 @@ Data: synthetic legacy shards (``make_synthetic``, ``.npz``) in 2 directories mi
 equal size); every peer's own format is made from those same shards. Peers:
 
 - ``mmpool``: ``convert`` once, then ``StreamingMixedShardDataset`` (pool of indices, batches of 1024).
+- ``mmpool-stratified``: the same with ``mix="stratified"`` (every batch holds the 3:1 shares exactly).
+- ``global-shuffle``: the ideal mix and the floor of the share error: every record in RAM, one uniform permutation
+  of all of them, batches by fancy indexing.
 - ``python-list``: the old approach; reads the ``.npz`` shards one after another, directories interleaved shard by
   shard round-robin, one dict per position appended to a Python list; over ``pool`` it pops random entries
   (swap with last) down to 3/4 of ``pool``, then reads the next shard. A torch DataLoader batches the dicts,
@@ -60,6 +63,7 @@ import time
 import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +153,7 @@ def prep_mmpool(srcs: list[Path], out: Path, scale: dict) -> None:
         convert(src, out / src.name, fmt="npy", progress=False)
 
 
-def load_mmpool(srcs: list[Path], out: Path, scale: dict):
+def load_mmpool(srcs: list[Path], out: Path, scale: dict, mix: str = "pool"):
     from mmpool.dataset import StreamingMixedShardDataset
 
     ds = StreamingMixedShardDataset(
@@ -160,8 +164,31 @@ def load_mmpool(srcs: list[Path], out: Path, scale: dict):
         random_seed=SEED,
         batch_size=BATCH,
         num_epochs=1,
+        mix=mix,
     )
     return ds, lambda b: b["id"].numpy(), lambda: ""
+
+
+def load_global_shuffle(srcs: list[Path], out: Path, scale: dict):
+    """The ideal mix: every record of every shard in RAM, in one uniformly random order (no pool, no streaming)."""
+    import torch
+
+    parts = [read_npz(f) for src in srcs for f in shard_files(src)]
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    del parts
+    order = np.random.default_rng(SEED).permutation(len(data["id"]))
+
+    def batches() -> Iterator[dict[str, Any]]:
+        for at in range(0, len(order), BATCH):
+            rows = order[at : at + BATCH]
+            yield {k: torch.from_numpy(v[rows]) for k, v in data.items()}
+
+    class Epochs:
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            return batches()
+
+    mb = sum(v.nbytes for v in data.values()) / MB
+    return Epochs(), lambda b: b["id"].numpy(), lambda: f"all {len(order):,} records in RAM ({mb:,.0f} MB)"
 
 
 class ListPool:
@@ -433,6 +460,8 @@ class Peer:
 
 PEERS = [
     Peer("mmpool", "mmpool", "mmpool", prep_mmpool, load_mmpool),
+    Peer("mmpool-stratified", "mmpool", "mmpool", prep_mmpool, partial(load_mmpool, mix="stratified")),
+    Peer("global-shuffle", "numpy", "numpy", None, load_global_shuffle),
     Peer("python-list", "torch", "torch", None, load_python_list),
     Peer("webdataset", "webdataset", "webdataset", prep_webdataset, load_webdataset),
     Peer("hf-datasets", "datasets", "datasets", prep_hf_datasets, load_hf_datasets),
