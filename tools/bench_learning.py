@@ -487,11 +487,12 @@ def compare(runs_a: list[dict], runs_b: list[dict], a: str, b: str) -> dict:
 
 
 def flat(row: dict) -> dict:
-    """A variant's row with one number a column (the means; final loss with its min and max): for tools/bench.py."""
+    """A variant's row with one number a column, for tools/bench.py: means, but the maximum of peak memory (as the
+    printed table), and the final loss with its min and max."""
     out = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
     for k, v in row.items():
         if isinstance(v, dict):
-            out[k] = v["mean"]
+            out[k] = v["max"] if k.startswith("peak") else v["mean"]
     if "final_val_loss" in row:
         out["final_val_loss_min"], out["final_val_loss_max"] = (
             row["final_val_loss"]["min"],
