@@ -194,15 +194,16 @@ def load_global_shuffle(srcs: list[Path], out: Path, scale: dict):
 class ListPool:
     """The old approach: a Python list of per-position dicts, refilled shard by shard (round-robin over dirs)."""
 
-    def __init__(self, srcs: list[Path], pool: int) -> None:
+    def __init__(self, srcs: list[Path], pool: int, seed: int = SEED) -> None:
         per_dir = [shard_files(s) for s in srcs]
         self.order = [f for k in range(max(map(len, per_dir))) for files in per_dir for f in files[k : k + 1]]
         self.pool_size = pool
         self.threshold = pool * 3 // 4
         self.peak = 0
+        self.seed = seed
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rng = random.Random(SEED)
+        rng = random.Random(self.seed)
         pool: list[dict[str, Any]] = []
 
         def pop() -> dict[str, Any]:
