@@ -199,7 +199,8 @@ class StreamingMixedShardDataset(IterableDataset):
         self._refresh_catalog(epoch)
 
     def stats(self) -> Stats:
-        """Per-directory counts against targets, shards activated and exhausted, refills, drops, peak memory.
+        """Per-directory counts against targets, the mix (worst share error over windows of 10k examples, shards
+        and, with ``game_field``, games per batch), shards activated and exhausted, refills, drops, peak memory.
 
         Works during or after iteration, also with DataLoader workers (they report through shared memory).
         """

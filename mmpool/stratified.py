@@ -5,7 +5,7 @@ segments of the participant, so rows stay sequential inside each directory and e
 A batch of ``n`` takes ``q_d`` entries from directory ``d``'s sub-pool, uniformly at random, where the ``q_d``
 come from deficit rounding: each directory earns ``n * w_d`` credit a batch and draws the whole part of its
 credit, the largest fractional parts getting the remaining entries. The counts over any run of batches are then
-within one entry of the weights' share. Inside the batch each directory's entries are spread evenly (``_spread``),
+within one entry of the weights' share. Inside the batch each directory's entries are spread evenly (``StratifiedPool._spread``),
 so any stretch of the stream, not only whole batches, holds the shares.
 
 A directory that runs out of rows drops out and the others share its weight; when one ran out within a batch,
@@ -15,6 +15,7 @@ counts (elastic resume) draws exactly what the stream drew.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,9 +47,10 @@ class StratifiedPool:
 
     def __init__(self, subs: Sequence[PoolCounts], weights: np.ndarray) -> None:
         self.subs = list(subs)
-        self.weights = np.asarray(weights, dtype=np.float64)
+        self.weights = [float(w) for w in weights]
         self.entries = isinstance(self.subs[0], IndexPool)  # False: counts only, nothing to order
-        self.credit = np.zeros(len(self.subs))
+        self.credit = [0.0] * len(self.subs)
+        self._orders: dict[tuple[int, ...], np.ndarray] = {}  # _spread's orders, by the parts' lengths
         self.refills = 0
 
     # ----- what the stream and the statistics read: sums over the directories -----
@@ -116,11 +118,12 @@ class StratifiedPool:
         parts: list[np.ndarray] = []
         short = n
         while short:
-            live = np.array([s.size > 0 or s.data_left for s in self.subs])
-            if not live.any():
+            live = [s.size > 0 or s.data_left for s in self.subs]
+            if not any(live):
                 break
-            quotas = self._quotas(short, live)
-            for sub, k in zip(self.subs, quotas.tolist()):
+            for sub, k in zip(self.subs, self._quotas(short, live)):
+                if k == 0:
+                    continue
                 got = sub.draw(k)
                 while len(got) < k and sub.data_left:
                     refill()
@@ -132,39 +135,53 @@ class StratifiedPool:
             refill()
         if not parts:
             return np.empty(0, dtype=np.uint64)
+        if len(parts) == 1:
+            return parts[0]
         out = np.concatenate(parts)
-        if self.entries and len(parts) > 1:
-            out = out[_spread(parts)]
-        return out
+        return out[self._spread(tuple(len(p) for p in parts))] if self.entries else out
 
-    def _quotas(self, n: int, live: np.ndarray) -> np.ndarray:
+    def _quotas(self, n: int, live: list[bool]) -> list[int]:
         """Entries per directory for a draw of ``n``: each live directory earns its weight's share of ``n`` and
         draws the whole part of its credit; the rest goes to the largest fractional parts (lower directory on
-        ties). A directory that ran out leaves; its credit is shared out so the credits still sum to zero."""
-        self.credit[~live] = 0.0
-        self.credit[live] -= self.credit.sum() / np.count_nonzero(live)
-        w = np.where(live, self.weights, 0.0)
-        self.credit += n * w / w.sum()
-        quotas = np.maximum(np.floor(self.credit), 0).astype(np.int64)
-        rest = n - int(quotas.sum())
+        ties). A directory that ran out leaves; its credit is shared out so the credits still sum to zero.
+        Plain Python: for a handful of directories it is several times faster than numpy's small-array calls."""
+        credit, weights = self.credit, self.weights
+        ids = [d for d, ok in enumerate(live) if ok]
+        for d, ok in enumerate(live):
+            if not ok:
+                credit[d] = 0.0
+        mean = sum(credit) / len(ids)
+        total_w = sum(weights[d] for d in ids)
+        quotas = [0] * len(live)
+        for d in ids:
+            credit[d] += n * weights[d] / total_w - mean
+            quotas[d] = max(0, math.floor(credit[d]))
+        rest = n - sum(quotas)
         if rest > 0:
-            frac = np.where(live, self.credit - quotas, -np.inf)
-            quotas[np.argsort(-frac, kind="stable")[:rest]] += 1
+            for d in sorted(ids, key=lambda d: (quotas[d] - credit[d], d))[:rest]:
+                quotas[d] += 1
         while rest < 0:  # only with credits pushed below -1 by a directory leaving: take from the most ahead
-            quotas[int(np.argmax(np.where(quotas > 0, quotas - self.credit, -np.inf)))] -= 1
+            d = max((d for d in ids if quotas[d] > 0), key=lambda d: quotas[d] - credit[d])
+            quotas[d] -= 1
             rest += 1
-        self.credit -= quotas
+        for d in ids:
+            credit[d] -= quotas[d]
         return quotas
 
-
-def _spread(parts: list[np.ndarray]) -> np.ndarray:
-    """An order of the concatenated parts that spreads each part evenly over the batch: its ``k``-th entry at
-    ``(k + 1/2) / len`` of the way. Every stretch of the batch (and so every window of the stream, which a
-    batch boundary may cut) then holds each directory's share to within an entry or two; inside each part the
-    order stays the sub-pool's uniform one."""
-    at = np.concatenate([(np.arange(len(p)) + 0.5) / len(p) for p in parts])
-    part = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
-    return np.lexsort((part, at))
+    def _spread(self, lengths: tuple[int, ...]) -> np.ndarray:
+        """An order of concatenated parts of these lengths that spreads each part evenly over the batch: its
+        ``k``-th entry at ``(k + 1/2) / len`` of the way. Every stretch of the batch (and so every window of the
+        stream, which a batch boundary may cut) then holds each directory's share to within an entry or two;
+        inside each part the order stays the sub-pool's uniform one. Batches repeat a few length patterns:
+        each order is computed once."""
+        order = self._orders.get(lengths)
+        if order is None:
+            at = np.concatenate([(np.arange(k) + 0.5) / k for k in lengths])
+            part = np.repeat(np.arange(len(lengths)), lengths)
+            order = np.lexsort((part, at))
+            if len(self._orders) < 256:
+                self._orders[lengths] = order
+        return order
 
 
 def _index(sub: PoolCounts) -> IndexPool:

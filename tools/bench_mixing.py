@@ -1,6 +1,6 @@
 """Benchmark: how well the stream mixes directories and games, and what the finer mix costs.
 
-    python tools/bench_mixing.py [--rounds 3] [--data DIR] [--out DIR] [--quick]
+    python tools/bench_mixing.py [--rounds 7] [--data DIR] [--out DIR] [--quick]
 
 1. Directory shares (index work only, one participant, batches of 1024, weights 3:1 over 2 directories of
    50k-row shards; pools of 10, 40 and 100 shards' worth, and the README's peer scale of 100k-row shards and a
@@ -8,7 +8,8 @@
    for mmpool 0.2's activation (whole shards enter the pool at once), the default mix (shards enter in slices),
    ``mix="stratified"``, and a uniform global shuffle of the same records (three permutations: the floor).
 2. The cost of the finer activation on samples/s: the same converted data (2M records of 280 B, 40 shards, warm)
-   streamed with whole-shard activation, with slices, and stratified, rounds alternating the order.
+   streamed with whole-shard activation, with slices, and stratified, rounds alternating the order; ratios are
+   medians of the per-round ratios, per wall second and per CPU second of the process.
 3. Games: KataGo-layout rows (8.4 KB) whose shards hold whole games in order (~200 positions a game), streamed
    with ``game_field="globalTargetsNC[41:47]"`` at three pool sizes, against the same rows read in order and a
    global shuffle: distinct games per batch and the most positions of one game in a batch.
@@ -123,35 +124,48 @@ def share_line(row: dict) -> str:
 # ----- 2. samples/s -----
 
 
-def epoch_rate(dirs: list[Path], pool: int, mix: str) -> float:
+def epoch_rate(dirs: list[Path], pool: int, mix: str) -> tuple[float, float]:
+    """Examples per second of one epoch: per wall second, and per CPU second of the process (all its threads;
+    steadier than wall time on a shared machine)."""
     ds = StreamingMixedShardDataset(dirs, pool_size=pool, batch_size=BATCH, random_seed=2, mix=mix)
-    t = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     n = sum(len(b["id"]) for b in ds)
-    return n / (time.perf_counter() - t)
+    return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
 
 
 def bench_speed(data: Path, rounds: int, records: tuple[int, int]) -> dict:
+    """Whole shards, slices and stratified streamed in turn, ``rounds`` times (the order alternates); the ratios
+    are medians of the per-round ratios, so a round slowed by other jobs weighs less."""
     dirs = bd.converted_dataset(data, records, (30, 10), pack_size="256M")
     bd.warm(bd.pack_files(dirs))
     pool = sum(records) // 4
-    rates: dict[str, list[float]] = {"whole shards (0.2)": [], "pool": [], "stratified": []}
+    names = ["whole shards (0.2)", "pool", "stratified"]
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
-        order = list(rates) if r % 2 == 0 else list(rates)[::-1]
-        for name in order:
+        for name in names if r % 2 == 0 else names[::-1]:
             if name == "whole shards (0.2)":
                 with whole_shards():
-                    rates[name].append(epoch_rate(dirs, pool, "pool"))
+                    w, c = epoch_rate(dirs, pool, "pool")
             else:
-                rates[name].append(epoch_rate(dirs, pool, name))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), flush=True)
-    med = {k: bd.median(v) for k, v in rates.items()}
+                w, c = epoch_rate(dirs, pool, name)
+            wall[name].append(w)
+            cpu[name].append(c)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in wall.items()), flush=True)
+
+    def ratio(rates: dict[str, list[float]], a: str, b: str) -> float:
+        return bd.median([x / y for x, y in zip(rates[a], rates[b])])
+
     return {
         "records": list(records),
         "pool": pool,
-        "samples_per_s": rates,
-        "median": med,
-        "slices_vs_whole": med["pool"] / med["whole shards (0.2)"],
-        "stratified_vs_default": med["stratified"] / med["pool"],
+        "samples_per_s": wall,
+        "samples_per_cpu_s": cpu,
+        "median": {k: bd.median(v) for k, v in wall.items()},
+        "slices_vs_whole": ratio(wall, "pool", "whole shards (0.2)"),
+        "slices_vs_whole_cpu": ratio(cpu, "pool", "whole shards (0.2)"),
+        "stratified_vs_default": ratio(wall, "stratified", "pool"),
+        "stratified_vs_default_cpu": ratio(cpu, "stratified", "pool"),
     }
 
 
@@ -216,7 +230,7 @@ def bench_games(data: Path, shards: int, rows: int, pools: list[int]) -> list[di
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--data", default=str(bd.DEFAULT_ROOT))
     p.add_argument("--out", default="bench_out")
     p.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
@@ -229,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         scales, speed_records, games = [*SCALES, PEER_SCALE], (1_500_000, 500_000), (6, 4_000, [4_096, 16_384, 40_000])
     report = {"shares": bench_shares(scales)}
     report["speed"] = bench_speed(data, args.rounds, speed_records)
+    sp = report["speed"]
     print(
-        f"samples/s: slices / whole shards {report['speed']['slices_vs_whole']:.3f}, "
-        f"stratified / default {report['speed']['stratified_vs_default']:.3f}",
+        f"samples/s: slices / whole shards {sp['slices_vs_whole']:.3f} (per CPU second {sp['slices_vs_whole_cpu']:.3f}), "
+        f"stratified / default {sp['stratified_vs_default']:.3f} (per CPU second {sp['stratified_vs_default_cpu']:.3f})",
         flush=True,
     )
     report["games"] = bench_games(data, *games)
