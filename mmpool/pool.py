@@ -63,11 +63,14 @@ class PoolCounts:
         self.size = 0
         self.seg = 0  # next segment to activate
         self.row = int(segments.lo[0]) if len(segments.shard) else 0  # next row inside it
-        # A shard may enter in several slices (schedule.interleave): it is activated with its first slice and
-        # fully activated after its last.
-        shards, first = np.unique(segments.shard, return_index=True)
+        # A shard may enter in several slices (schedule.interleave): it is activated with its first slice, read
+        # ahead then up to its last row, and fully activated after its last slice.
+        shards, first, which = np.unique(segments.shard, return_index=True, return_inverse=True)
         self._starts_shard = np.zeros(len(segments.shard), dtype=bool)
         self._starts_shard[first] = True
+        end = np.zeros(len(shards), dtype=np.int64)
+        np.maximum.at(end, which.ravel(), segments.hi)
+        self._shards, self._shard_end = shards, end
         last = len(segments.shard) - 1 - np.unique(segments.shard[::-1], return_index=True)[1]
         self._done_at = shards[np.argsort(last, kind="stable")], np.sort(last)
         self.activated_shards = 0
@@ -81,6 +84,10 @@ class PoolCounts:
     @property
     def exhausted(self) -> bool:
         return self.size == 0 and not self.data_left
+
+    def shard_end(self, shard: int) -> int:
+        """The end of the last row range of ``shard`` in this pool's segments."""
+        return int(self._shard_end[np.searchsorted(self._shards, shard)])
 
     @property
     def entries_pending(self) -> int:
@@ -106,7 +113,7 @@ class PoolCounts:
         room = self._room()
         if room is None:
             return 0
-        added = room[0] + sum((hi - lo) * self.factor for _, lo, hi in self._advance(room[1]))
+        added = room[0] + sum((hi - lo) * self.factor for _, lo, hi, _ in self._advance(room[1]))
         self.pre += room[0]
         self.size += added
         self.refills += 1
@@ -139,16 +146,17 @@ class PoolCounts:
             return None
         return preload, positions
 
-    def _advance(self, positions: int) -> list[tuple[int, int, int]]:
-        """Move past the next ``positions`` segment rows; returns them as ``(shard, lo, hi)`` ranges."""
+    def _advance(self, positions: int) -> list[tuple[int, int, int, bool]]:
+        """Move past the next ``positions`` segment rows; returns them as ``(shard, lo, hi, first)`` ranges,
+        ``first`` when the range starts the shard."""
         segs, out = self.segments, []
         while positions and self.seg < len(segs.shard):
             g = int(segs.shard[self.seg])
             lo = self.row
             hi = min(int(segs.hi[self.seg]), lo + positions)
-            if lo == int(segs.lo[self.seg]) and self._starts_shard[self.seg]:
-                self.activated_shards += 1
-            out.append((g, lo, hi))
+            first = lo == int(segs.lo[self.seg]) and bool(self._starts_shard[self.seg])
+            self.activated_shards += first
+            out.append((g, lo, hi, first))
             positions -= hi - lo
             self.row = hi
             if hi == int(segs.hi[self.seg]):
@@ -161,7 +169,8 @@ class PoolCounts:
 class IndexPool(PoolCounts):
     """The pool of one participant for one epoch.
 
-    ``on_activate(shard, lo, hi)`` is called for every row range that enters the pool (to read it ahead).
+    ``on_activate(shard, lo, hi)`` is called when a shard's first rows enter the pool, with the range of the
+    shard's rows this pool will activate (to read them ahead).
     ``preloaded`` entries enter the pool first (as many as fit), before the segments' rows.
     """
 
@@ -200,17 +209,17 @@ class IndexPool(PoolCounts):
         segs = self.segments
         started = self.seg + int(self.seg < len(segs.shard) and self.row > int(segs.lo[self.seg]))
         budget = self.capacity // self.factor
-        spans: dict[int, list[int]] = {}  # shard -> [lo, hi]: a shard's recent slices, read ahead in one range
+        starts: dict[int, int] = {}  # shard -> first row to read: its recent slices, and the rest of it
         for i in np.flatnonzero(self.outstanding[segs.shard[:started]] > 0)[::-1]:
             if budget <= 0:
                 break
             lo, hi = int(segs.lo[i]), int(segs.hi[i]) if i < self.seg else self.row
             lo = max(lo, hi - budget)
-            span = spans.setdefault(int(segs.shard[i]), [lo, hi])
-            span[0], span[1] = min(span[0], lo), max(span[1], hi)
+            g = int(segs.shard[i])
+            starts[g] = min(starts.get(g, lo), lo)
             budget -= hi - lo
-        for g, (lo, hi) in spans.items():
-            read_ahead(g, lo, hi)
+        for g, lo in starts.items():
+            read_ahead(g, lo, self.shard_end(g))  # as at the shard's first slice: up to its end
 
     def fill(self) -> int:
         """Top the pool up to capacity (preloaded entries first, then the next segment rows); returns the number
@@ -298,7 +307,7 @@ class IndexPool(PoolCounts):
     def _activate(self, at: int, positions: int) -> int:
         """Write the entries of the next ``positions`` segment rows at ``buf[at:]``; returns entries written."""
         k, written = self.factor, 0
-        for g, lo, hi in self._advance(positions):
+        for g, lo, hi, first_rows in self._advance(positions):
             # Written in place (symmetry 0 first, the others from it), with one arange per segment as the only
             # temporary: a 40M-entry build takes ~4x less CPU than building the entries apart and copying them in.
             block = self.buf[at + written : at + written + (hi - lo) * k].reshape(hi - lo, k)
@@ -308,7 +317,9 @@ class IndexPool(PoolCounts):
             if k > 1:
                 block[:, 1:] = first[:, None] | np.arange(1, k, dtype=np.uint64)[None, :]
             self.outstanding[g] += (hi - lo) * k
-            if self.on_activate is not None:
-                self.on_activate(g, lo, hi)
+            if self.on_activate is not None and first_rows:
+                # The whole shard is read ahead when its first slice enters: slice by slice, the thread would
+                # take the GIL back for every few hundred KB (see mmpool.readahead).
+                self.on_activate(g, lo, self.shard_end(g))
             written += (hi - lo) * k
         return written

@@ -230,16 +230,19 @@ def test_pool_activates_rows_sequentially_in_segment_order() -> None:
     segs = Segments(np.array([3, 0, 2]), np.array([10, 0, 5]), np.array([60, 40, 6]))
     pool = IndexPool(segs, 16, 12, 2, np.random.default_rng(1), 4, lambda g, lo, hi: calls.append((g, lo, hi)))
     out = run_protocol(pool, 5)
-    # The ranges handed to on_activate tile every segment, in order, without gaps.
-    expect = [(3, 10, 60), (0, 0, 40), (2, 5, 6)]
-    got: list[tuple[int, int, int]] = []
-    for g, lo, hi in calls:
-        if got and got[-1][0] == g and got[-1][2] == lo:
-            got[-1] = (g, got[-1][1], hi)
-        else:
-            got.append((g, lo, hi))
-    assert got == expect
+    # on_activate gets each shard once, when its first rows enter, with all of its rows (to read them ahead).
+    assert calls == [(3, 10, 60), (0, 0, 40), (2, 5, 6)]
     assert len(out) == (50 + 40 + 1) * 2
+
+
+def test_a_shard_in_slices_is_read_ahead_whole_at_its_first_slice() -> None:
+    calls: list[tuple[int, int, int]] = []
+    segs = Segments(np.array([3, 0, 3, 0]), np.array([10, 0, 30, 20]), np.array([30, 20, 60, 40]))
+    pool = IndexPool(segs, 16, 12, 1, np.random.default_rng(1), 4, lambda g, lo, hi: calls.append((g, lo, hi)))
+    out = run_protocol(pool, 5)
+    assert calls == [(3, 10, 60), (0, 0, 40)]
+    assert pool.activated_shards == 2 and sorted(pool.shards_fully_activated().tolist()) == [0, 3]
+    assert len(np.unique(out)) == len(out) == 50 + 40
 
 
 def test_pool_smaller_than_the_data_only_holds_a_window() -> None:
