@@ -33,7 +33,8 @@ statistics below is excluded). Peak anonymous memory
 (psutil ``rss - shared``, process and children, sampled every 20 ms by a thread) and peak RSS over the whole run,
 including the interpreter and torch (``base_anon_mb`` in the JSON is that floor, taken before the loader is built);
 mean distinct shards per batch (a shard is ``id >> 20``: directory and shard number); the worst per-directory share
-error, ``max |share - target|`` over consecutive windows of 10,000 examples. ``prep_s`` is the one-time conversion
+error, ``max |share - target|`` over consecutive windows of 10,000 examples (the first 400 windows: a maximum
+over more windows is larger by chance alone). ``prep_s`` is the one-time conversion
 into the peer's format (cached under ``--data``; ``--fresh`` redoes it). A peer that is not installed, crashes or
 times out gets a row saying so.
 
@@ -74,6 +75,9 @@ TOOLS = Path(__file__).resolve().parent
 BATCH = 1024
 SEED = 0
 WINDOW = 10_000
+# Share windows counted: the first 4M examples. A maximum over more windows is larger by chance alone, so peers
+# that stream faster would otherwise look worse.
+MAX_WINDOWS = 400
 WEIGHTS = (0.75, 0.25)  # 30 and 10 shards of equal size: the 3:1 mix by records
 SCALES = {
     # shards per directory, rows per shard, pool entries, warm-up batches, measuring budget (s), timeout per step (s)
@@ -176,10 +180,12 @@ def load_global_shuffle(srcs: list[Path], out: Path, scale: dict):
     parts = [read_npz(f) for src in srcs for f in shard_files(src)]
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     del parts
-    order = np.random.default_rng(SEED).permutation(len(data["id"]))
+    rng = np.random.default_rng(SEED)
+    n = len(data["id"])
 
     def batches() -> Iterator[dict[str, Any]]:
-        for at in range(0, len(order), BATCH):
+        order = rng.permutation(n)  # a new order every epoch, as a shuffling loader gives
+        for at in range(0, n, BATCH):
             rows = order[at : at + BATCH]
             yield {k: torch.from_numpy(v[rows]) for k, v in data.items()}
 
@@ -188,7 +194,7 @@ def load_global_shuffle(srcs: list[Path], out: Path, scale: dict):
             return batches()
 
     mb = sum(v.nbytes for v in data.values()) / MB
-    return Epochs(), lambda b: b["id"].numpy(), lambda: f"all {len(order):,} records in RAM ({mb:,.0f} MB)"
+    return Epochs(), lambda b: b["id"].numpy(), lambda: f"all {n:,} records in RAM ({mb:,.0f} MB)"
 
 
 class ListPool:
@@ -527,8 +533,9 @@ class MixStats:
         self.shards += len(np.unique(ids >> 20))
         dirs = ids >> 40
         self.per_dir += np.bincount(dirs, minlength=len(self.targets))[: len(self.targets)]
-        self.pending = np.concatenate([self.pending, dirs])
-        while len(self.pending) >= WINDOW:
+        if self.windows < MAX_WINDOWS:
+            self.pending = np.concatenate([self.pending, dirs])
+        while len(self.pending) >= WINDOW and self.windows < MAX_WINDOWS:
             window, self.pending = self.pending[:WINDOW], self.pending[WINDOW:]
             share = np.bincount(window, minlength=len(self.targets))[: len(self.targets)] / WINDOW
             self.worst = max(self.worst, float(np.abs(share - self.targets).max()))
