@@ -82,6 +82,7 @@ def plan_epoch(
 
 SLICES_PER_POOL = 256  # a slice is 1/256 of the pool: each directory's share of the pool stays within ~0.4%
 MIN_SLICE_ROWS = 16  # below that, the per-slice work of a refill costs more than its rows
+MAX_SLICES = 1 << 20  # per participant and epoch (~40 MB of segments): a tiny pool over a huge epoch gets longer slices
 
 
 def slice_rows(capacity: int, factor: int) -> int:
@@ -101,6 +102,7 @@ def interleave(segments: Segments, shard_dir: np.ndarray, weights: np.ndarray, s
     shard that end up next to each other are joined again (one directory: nothing changes).
     """
     n = segments.hi - segments.lo
+    slice_rows = max(slice_rows, -(-int(n.sum()) // MAX_SLICES))
     pieces = -(-n // slice_rows)
     seg = np.repeat(np.arange(len(n)), pieces)
     first = np.cumsum(pieces) - pieces

@@ -12,7 +12,7 @@ import pytest
 
 from mmpool.packing import row_of, shard_of, sym_of
 from mmpool.pool import MAX_RUNS, IndexPool
-from mmpool.schedule import Segments, activation_order, plan_epoch
+from mmpool.schedule import MAX_SLICES, Segments, activation_order, interleave, plan_epoch
 
 
 def catalog(shards: list[int], rows: list[int] | list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -309,3 +309,36 @@ def test_pool_order_is_a_function_of_the_generator() -> None:
     c = run_protocol(IndexPool(segments(rows), 64, 48, 2, np.random.default_rng(6), 2), 16)
     assert a.tolist() == b.tolist()
     assert a.tolist() != c.tolist() and sorted(a.tolist()) == sorted(c.tolist())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_interleave_keeps_each_directory_in_order_and_every_prefix_within_a_slice_of_its_share(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shard_dir, shard_rows = random_catalog(rng)
+    w = rng.random(shard_dir.max() + 1) + 0.05
+    w /= w.sum()
+    whole = plan_epoch(shard_dir, shard_rows, w, 1)[0][0]
+    sliced = interleave(whole, shard_dir, w, 16)
+
+    def rows_by_dir(s: Segments) -> list[list[tuple[int, int]]]:
+        out: list[list[tuple[int, int]]] = [[] for _ in w]
+        for g, lo, hi in zip(s.shard.tolist(), s.lo.tolist(), s.hi.tolist()):
+            out[shard_dir[g]] += [(g, r) for r in range(lo, hi)]
+        return out
+
+    # The same rows, each directory's in the same order (shards ascending, rows in order).
+    assert rows_by_dir(sliced) == rows_by_dir(whole)
+    # Until the first directory runs out, each directory's activated rows stay within two slices of its share
+    # at every segment boundary (whole shards: within a shard, up to 400 rows here).
+    d = shard_dir[sliced.shard]
+    done = np.cumsum(np.eye(len(w))[d] * (sliced.hi - sliced.lo)[:, None], axis=0)
+    last = min(int(np.flatnonzero(d == k)[-1]) for k in range(len(w)))
+    excess = done[:last] - done[:last].sum(axis=1, keepdims=True) * w
+    assert np.abs(excess).max() <= 2 * 16
+
+
+def test_a_tiny_pool_over_a_huge_epoch_gets_longer_slices() -> None:
+    segs = Segments(np.array([0, 1]), np.array([0, 0]), np.array([30_000_000, 10_000_000]))
+    sliced = interleave(segs, np.array([0, 1]), np.array([0.75, 0.25]), 16)
+    assert len(sliced.shard) <= MAX_SLICES
+    assert sliced.positions == 40_000_000 and np.array_equal(np.unique(sliced.shard), [0, 1])
