@@ -5,8 +5,8 @@ segments of the participant, so rows stay sequential inside each directory and e
 A batch of ``n`` takes ``q_d`` entries from directory ``d``'s sub-pool, uniformly at random, where the ``q_d``
 come from deficit rounding: each directory earns ``n * w_d`` credit a batch and draws the whole part of its
 credit, the largest fractional parts getting the remaining entries. The counts over any run of batches are then
-within one entry of the weights' share. Inside the batch each directory's entries are spread evenly (``StratifiedPool._spread``),
-so any stretch of the stream, not only whole batches, holds the shares.
+within one entry of the weights' share. Inside the batch each directory's entries are spread evenly
+(``StratifiedPool._spread``), so any stretch of the stream, not only whole batches, holds the shares.
 
 A directory that runs out of rows drops out and the others share its weight; when one ran out within a batch,
 the others complete it. The counts depend on the sub-pools' sizes alone, never on a generator: a replay of the
