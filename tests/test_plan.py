@@ -63,7 +63,7 @@ def test_pool_bytes_match_the_pool_the_dataset_builds(
 
 
 MEMORY_SCRIPT = r"""
-import json, sys, time
+import gc, json, sys, time
 import torch
 from mmpool.augment import Dihedral
 from mmpool.dataset import StreamingMixedShardDataset
@@ -76,6 +76,9 @@ p = plan(dirs, 5, pool_size=pool, workers=workers, batch_size=256, factor=8)
 before = sum(m.anon for m in measure())
 ds = StreamingMixedShardDataset(dirs, pool_size=pool, batch_size=256, augmentation=Dihedral(), random_seed=0)
 loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+# Keep Python's collector off the objects the workers inherit: a collection after the fork writes to every object's
+# header, copying the pages they share (pytorch#13246); whether one runs depends on allocation counts, not on mmpool.
+gc.freeze()
 it = iter(loader)
 for _ in range(20):
     next(it)
