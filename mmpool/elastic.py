@@ -120,23 +120,10 @@ class RunSpec:
             return IndexPool(
                 segments, self.capacity, self.threshold, self.factor, rng, num_shards, on_activate, preloaded
             )
-        num_dirs = len(self.weights)
-        seeds = np.random.SeedSequence(seq).spawn(num_dirs)
-        segs = by_directory(segments, self.shard_dir, num_dirs)
-        pre = split_preloaded(preloaded, self.shard_dir, num_dirs)
-        caps, thresholds = self._split()
+        seeds = np.random.SeedSequence(seq).spawn(len(self.weights))
         subs = [
-            IndexPool(
-                segs[d],
-                caps[d],
-                thresholds[d],
-                self.factor,
-                np.random.default_rng(seeds[d]),
-                num_shards,
-                on_activate,
-                pre[d],
-            )
-            for d in range(num_dirs)
+            IndexPool(segs, cap, threshold, self.factor, np.random.default_rng(seed), num_shards, on_activate, pre)
+            for seed, (segs, cap, threshold, pre) in zip(seeds, self._by_directory(segments, preloaded))
         ]
         return StratifiedPool(subs, self.weights)
 
@@ -146,17 +133,25 @@ class RunSpec:
         if self.mix == "pool":
             count = int(plan.bounds[participant + 1] - plan.bounds[participant])
             return PoolCounts(segments, self.capacity, self.threshold, self.factor, count)
-        num_dirs = len(self.weights)
-        segs = by_directory(segments, self.shard_dir, num_dirs)
         # Each directory's share of the preloaded entries: the entries themselves tell (their shard's directory).
-        pre = [len(p) for p in split_preloaded(plan.preloaded(participant), self.shard_dir, num_dirs)]
-        caps, thresholds = self._split()
-        subs = [PoolCounts(segs[d], caps[d], thresholds[d], self.factor, pre[d]) for d in range(num_dirs)]
+        subs = [
+            PoolCounts(segs, cap, threshold, self.factor, len(pre))
+            for segs, cap, threshold, pre in self._by_directory(segments, plan.preloaded(participant))
+        ]
         return StratifiedPool(subs, self.weights)
 
-    def _split(self) -> tuple[list[int], list[int]]:
-        """The directories' sub-pool capacities and thresholds (``mix="stratified"``): the pool's, by weight."""
-        return split_capacity(self.capacity, self.weights, self.factor), split_capacity(self.threshold, self.weights, 1)
+    def _by_directory(self, segments: Segments, preloaded: np.ndarray) -> list[tuple[Segments, int, int, np.ndarray]]:
+        """Per directory (``mix="stratified"``): its segments, its sub-pool's capacity and threshold (the pool's,
+        by weight), and its preloaded entries."""
+        num_dirs = len(self.weights)
+        return list(
+            zip(
+                by_directory(segments, self.shard_dir, num_dirs),
+                split_capacity(self.capacity, self.weights, self.factor),
+                split_capacity(self.threshold, self.weights, 1),
+                split_preloaded(preloaded, self.shard_dir, num_dirs),
+            )
+        )
 
 
 class Leftovers:

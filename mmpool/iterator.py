@@ -372,10 +372,9 @@ class _Stream:
             )
 
     def _read_ahead(self, shard: int, lo: int, hi: int) -> None:
-        """Rows ``lo..hi-1`` of a shard entered the pool: read them ahead (cold page cache) and log it."""
+        """A shard's first rows entered the pool: read its rows ``lo..hi-1`` ahead (cold page cache), log it."""
         self.store.prefetch(shard, lo, hi)
-        if log.isEnabledFor(logging.DEBUG):  # a shard enters in slices: a line each is for debugging
-            log.debug("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
+        log.info("activated %s rows %d-%d", self.catalog.describe_shard(shard), lo, hi - 1)
 
     def _context(self) -> str:
         """mmpool's own share of the memory counted, for the memory report."""

@@ -66,13 +66,16 @@ class PoolCounts:
         # A shard may enter in several slices (schedule.interleave): it is activated with its first slice, read
         # ahead then up to its last row, and fully activated after its last slice.
         shards, first, which = np.unique(segments.shard, return_index=True, return_inverse=True)
+        which = which.ravel()
         self._starts_shard = np.zeros(len(segments.shard), dtype=bool)
         self._starts_shard[first] = True
         end = np.zeros(len(shards), dtype=np.int64)
-        np.maximum.at(end, which.ravel(), segments.hi)
+        np.maximum.at(end, which, segments.hi)
         self._shards, self._shard_end = shards, end
-        last = len(segments.shard) - 1 - np.unique(segments.shard[::-1], return_index=True)[1]
-        self._done_at = shards[np.argsort(last, kind="stable")], np.sort(last)
+        last = np.zeros(len(shards), dtype=np.int64)  # each shard's last segment
+        np.maximum.at(last, which, np.arange(len(which)))
+        by_last = np.argsort(last, kind="stable")
+        self._done_at = shards[by_last], last[by_last]
         self.activated_shards = 0
         self.refills = 0
 
@@ -129,12 +132,18 @@ class PoolCounts:
         """The entries of the stream's next batch (or chunk) of ``n``: a draw, completed across refills when the
         pool held less, then a refill if the pool fell below the threshold. ``refill`` tops the pool up (the
         stream's refill also unmaps packs and checks memory); a resume replays exactly these steps."""
+        packed = self.draw_completed(n, refill)
+        if self.size < self.threshold and self.data_left:
+            refill()
+        return packed
+
+    def draw_completed(self, n: int, refill: Callable[[], object]) -> np.ndarray:
+        """A draw of ``n``, completed across refills when the pool holds less (fewer only when the epoch runs
+        out)."""
         packed = self.draw(n)
         while len(packed) < n and self.data_left:  # the pool held less than a batch: refill, complete it
             refill()
             packed = np.concatenate([packed, self.draw(n - len(packed))])
-        if self.size < self.threshold and self.data_left:
-            refill()
         return packed
 
     def _room(self) -> tuple[int, int] | None:

@@ -111,11 +111,10 @@ def interleave(segments: Segments, shard_dir: np.ndarray, weights: np.ndarray, s
     shard = segments.shard[seg]
     d = shard_dir[shard]
     rows = hi - lo
-    by_dir = np.argsort(d, kind="stable")
-    before = np.empty_like(rows)
-    ends = np.cumsum(rows[by_dir])
-    dir_start = np.searchsorted(d[by_dir], d[by_dir])  # where each slice's directory begins in by_dir
-    before[by_dir] = ends - rows[by_dir] - np.concatenate([[0], ends])[dir_start]
+    before = np.empty_like(rows)  # rows of the slice's directory before it
+    for k in np.unique(d):
+        mine = d == k
+        before[mine] = np.cumsum(rows[mine]) - rows[mine]
     due = (before + rows / 2) / np.asarray(weights, dtype=np.float64)[d]
     order = np.lexsort((d, due))
     return join(shard[order], lo[order], hi[order])

@@ -68,14 +68,6 @@ class StratifiedPool:
         return sum(s.activated_shards for s in self.subs)
 
     @property
-    def data_left(self) -> bool:
-        return any(s.data_left for s in self.subs)
-
-    @property
-    def exhausted(self) -> bool:
-        return all(s.exhausted for s in self.subs)
-
-    @property
     def outstanding(self) -> np.ndarray:
         return np.sum([_index(s).outstanding for s in self.subs], axis=0)
 
@@ -124,10 +116,7 @@ class StratifiedPool:
             for sub, k in zip(self.subs, self._quotas(short, live)):
                 if k == 0:
                     continue
-                got = sub.draw(k)
-                while len(got) < k and sub.data_left:
-                    refill()
-                    got = np.concatenate([got, sub.draw(k - len(got))])
+                got = sub.draw_completed(k, refill)
                 if len(got):
                     parts.append(got)
                 short -= len(got)  # a directory that ran out within the batch: the others complete it
