@@ -234,20 +234,6 @@ def training_examples(data: Data, sc: Scale) -> int:
     return sum(len(peers.shard_files(d)) for d in data.train) * sc.rows
 
 
-def load_arrays(dirs: list[Path], rows: int) -> dict[str, np.ndarray]:
-    """Every shard (of ``rows`` rows) of the directories, one after another in RAM, copied shard by shard into
-    arrays allocated once (so the peak is the data, not the data twice)."""
-    files = [f for d in dirs for f in peers.shard_files(d)]
-    out: dict[str, np.ndarray] = {}
-    for i, f in enumerate(files):
-        part = peers.read_npz(f)
-        for k, a in part.items():
-            if k not in out:
-                out[k] = np.empty((rows * len(files), *a.shape[1:]), dtype=a.dtype)
-            out[k][i * rows : (i + 1) * rows] = a
-    return out
-
-
 # --------------------------------------------------------------------------- one run (in the child process)
 
 
@@ -274,7 +260,7 @@ def loader_of(variant: str, data: Data, sc: Scale, seed: int):
         )
         return DataLoader(ds, batch_size=None)
     if variant == "global-shuffle":
-        arrays = {k: torch.from_numpy(v) for k, v in load_arrays(data.train, sc.rows).items()}
+        arrays = {k: torch.from_numpy(v) for k, v in peers.load_arrays(data.train, sc.rows).items()}
 
         class InRam(Dataset):
             def __len__(self) -> int:
@@ -329,7 +315,7 @@ def run(variant: str, data: Data, sc: Scale, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    val = {k: torch.from_numpy(v) for k, v in load_arrays(data.val, sc.rows).items() if k != "id"}
+    val = {k: torch.from_numpy(v) for k, v in peers.load_arrays(data.val, sc.rows).items() if k != "id"}
     total = training_examples(data, sc)
     steps_total = -(-total // sc.batch)
     every = max(1, steps_total // sc.evals)

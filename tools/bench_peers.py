@@ -8,8 +8,8 @@ equal size); every peer's own format is made from those same shards. Peers:
 
 - ``mmpool``: ``convert`` once, then ``StreamingMixedShardDataset`` (pool of indices, batches of 1024).
 - ``mmpool-stratified``: the same with ``mix="stratified"`` (every batch holds the 3:1 shares exactly).
-- ``global-shuffle``: the ideal mix and the floor of the share error: every record in RAM, one uniform permutation
-  of all of them, batches by fancy indexing.
+- ``global-shuffle``: the ideal mix and the floor of the share error: every record in RAM, a uniform permutation
+  of all of them each epoch, batches by fancy indexing.
 - ``python-list``: the old approach; reads the ``.npz`` shards one after another, directories interleaved shard by
   shard round-robin, one dict per position appended to a Python list; over ``pool`` it pops random entries
   (swap with last) down to 3/4 of ``pool``, then reads the next shard. A torch DataLoader batches the dicts,
@@ -173,13 +173,26 @@ def load_mmpool(srcs: list[Path], out: Path, scale: dict, mix: str = "pool"):
     return ds, lambda b: b["id"].numpy(), lambda: ""
 
 
+def load_arrays(dirs: list[Path], rows: int) -> dict[str, np.ndarray]:
+    """Every shard (of ``rows`` rows) of the directories, one after another in RAM, copied shard by shard into
+    arrays allocated once (so the peak is the data, not the data twice)."""
+    files = [f for d in dirs for f in shard_files(d)]
+    out: dict[str, np.ndarray] = {}
+    for i, f in enumerate(files):
+        part = read_npz(f)
+        for k, a in part.items():
+            if k not in out:
+                out[k] = np.empty((rows * len(files), *a.shape[1:]), dtype=a.dtype)
+            out[k][i * rows : (i + 1) * rows] = a
+    return out
+
+
 def load_global_shuffle(srcs: list[Path], out: Path, scale: dict):
-    """The ideal mix: every record of every shard in RAM, in one uniformly random order (no pool, no streaming)."""
+    """The ideal mix: every record of every shard in RAM, a new uniformly random order each epoch (no pool, no
+    streaming)."""
     import torch
 
-    parts = [read_npz(f) for src in srcs for f in shard_files(src)]
-    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    del parts
+    data = load_arrays(srcs, scale["rows"])
     rng = np.random.default_rng(SEED)
     n = len(data["id"])
 
