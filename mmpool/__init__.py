@@ -5,26 +5,26 @@ Convert shards once (``mmpool convert``), then stream them with :class:`Streamin
 
 from typing import TYPE_CHECKING
 
-from mmpool.augment import Augmentation, Dihedral, packed_bytes
-from mmpool.catalog import Catalog, Split, train_val_split
+from mmpool.augment.dihedral import Augmentation, Dihedral, packed_bytes
 from mmpool.errors import ConfigError, MemoryLimitExceeded, MmpoolError, ShardError
-from mmpool.states import gather_states
-from mmpool.store import ShardStore
+from mmpool.store.catalog import Catalog, Split, train_val_split
+from mmpool.store.gather import ShardStore
+from mmpool.stream.resume import gather_states
 
 if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and IDEs
-    from mmpool.dataset import StreamingMixedShardDataset
-    from mmpool.iterator import StreamIterator
-    from mmpool.planes import unpack_planes
-    from mmpool.stats import Stats
+    from mmpool.augment.planes import unpack_planes
+    from mmpool.stream.dataset import StreamingMixedShardDataset
+    from mmpool.stream.iterator import StreamIterator
+    from mmpool.stream.stats import Stats
 
 __version__ = "0.3.0"
 
 # The dataset and unpack_planes need torch: imported only when asked for, so the converter and tools start fast.
 _LAZY = {
-    "StreamingMixedShardDataset": "dataset",
-    "StreamIterator": "iterator",
-    "Stats": "stats",
-    "unpack_planes": "planes",
+    "StreamingMixedShardDataset": "stream.dataset",
+    "StreamIterator": "stream.iterator",
+    "Stats": "stream.stats",
+    "unpack_planes": "augment.planes",
 }
 
 

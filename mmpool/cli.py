@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mmpool.convert import LC0_ROWS_PER_SHARD
+from mmpool.convert.converter import LC0_ROWS_PER_SHARD
+from mmpool.convert.sources import ORDERS
 from mmpool.errors import ConfigError, MmpoolError
-from mmpool.sources import ORDERS
 
 log = logging.getLogger("mmpool")
 
@@ -54,7 +54,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from mmpool.convert import convert
+    from mmpool.convert.converter import convert
 
     summary = convert(
         args.src,
@@ -81,7 +81,7 @@ def _dirs_args(p: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from mmpool.check import inspect_dirs
+    from mmpool.ops.check import inspect_dirs
 
     print(inspect_dirs(args.dirs))
     return 0
@@ -93,8 +93,8 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from mmpool.check import verify_dirs
-    from mmpool.format import read_manifest
+    from mmpool.format.manifest import read_manifest
+    from mmpool.ops.check import verify_dirs
 
     problems = verify_dirs(args.dirs, progress=not args.quiet)
     if problems:
@@ -136,7 +136,7 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from mmpool.plan import plan
+    from mmpool.ops.sizing import plan
 
     result = plan(
         args.dirs,
@@ -155,7 +155,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    from mmpool.demo import SCALES
+    from mmpool.ops.demo import SCALES
 
     p.add_argument(
         "--dir", default="mmpool_demo", help="data directory (default ./mmpool_demo; kept, and reused by the next run)"
@@ -168,7 +168,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mmpool.demo import run_demo
+    from mmpool.ops.demo import run_demo
 
     summary = run_demo(
         Path(args.dir),

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpool.convert import convert
-from mmpool.synthetic import make_synthetic, position_dtype
+from mmpool.convert.converter import convert
+from mmpool.testing.synthetic import make_synthetic, position_dtype
 
 ITEMSIZE = position_dtype(4).itemsize
 FIELDS = ("planes", "move", "wdl", "id")

@@ -1,4 +1,4 @@
-"""Tests for mmpool.augment: the dihedral group, consistent plane/move transforms, errors."""
+"""Tests for mmpool.augment.dihedral: the dihedral group, consistent plane/move transforms, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mmpool.augment import Augmentation, Dihedral
+from mmpool.augment.dihedral import Augmentation, Dihedral
 from mmpool.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ import torch
 
 from mmpool import Dihedral, packed_bytes, unpack_planes
 from mmpool.errors import ConfigError
-from mmpool.synthetic import katago_rows
+from mmpool.testing.synthetic import katago_rows
 
 PACKED = "binaryInputNCHWPacked"
 KATAGO = {

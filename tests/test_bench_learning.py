@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 REPO = Path(__file__).resolve().parent.parent
 STRATIFIED = "mix" in inspect.signature(StreamingMixedShardDataset).parameters

@@ -1,4 +1,4 @@
-"""Tests for mmpool.ranges and mmpool.catalog: range strings, selection, weights, splits and errors."""
+"""Tests for mmpool.store.ranges and mmpool.store.catalog: range strings, selection, weights, splits and errors."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpool.catalog import Catalog, train_val_split
-from mmpool.convert import convert
+from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError, ShardError
-from mmpool.format import read_manifest
-from mmpool.ranges import parse_range, select, to_range
-from mmpool.synthetic import make_synthetic
+from mmpool.format.manifest import read_manifest
+from mmpool.store.catalog import Catalog, train_val_split
+from mmpool.store.ranges import parse_range, select, to_range
+from mmpool.testing.synthetic import make_synthetic
 
 # --------------------------------------------------------------------------- ranges
 

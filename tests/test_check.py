@@ -1,4 +1,4 @@
-"""Tests for mmpool.check: inspect output, and verify catching corrupt, truncated and missing packs."""
+"""Tests for mmpool.ops.check: inspect output, and verify catching corrupt, truncated and missing packs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-import mmpool.check as check
-from mmpool.check import inspect_dirs, verify_dirs
-from mmpool.convert import convert
-from mmpool.format import Manifest, read_manifest, write_manifest
-from mmpool.synthetic import make_synthetic
+import mmpool.ops.check as check
+from mmpool.convert.converter import convert
+from mmpool.format.manifest import Manifest, read_manifest, write_manifest
+from mmpool.ops.check import inspect_dirs, verify_dirs
+from mmpool.testing.synthetic import make_synthetic
 
 ITEMSIZE = 280
 

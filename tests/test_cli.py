@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mmpool.check import inspect_dirs
 from mmpool.cli import COMMANDS, main
-from mmpool.demo import DEMO_MARKER
-from mmpool.format import read_manifest
-from mmpool.synthetic import make_synthetic
+from mmpool.format.manifest import read_manifest
+from mmpool.ops.check import inspect_dirs
+from mmpool.ops.demo import DEMO_MARKER
+from mmpool.testing.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(

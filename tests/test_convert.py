@@ -1,4 +1,4 @@
-"""Tests for mmpool.convert: round trips, pack planning, incremental runs, killed runs, errors, workers."""
+"""Tests for mmpool.convert.converter: round trips, pack planning, incremental runs, killed runs, errors, workers."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import h5py
 import numpy as np
 import pytest
 
-from mmpool.catalog import Catalog
-from mmpool.check import verify_dirs
-from mmpool.convert import ConvertSummary, convert, parse_size, plan_packs
+from mmpool.convert.converter import ConvertSummary, convert, parse_size, plan_packs
+from mmpool.convert.legacy import scan_shard
 from mmpool.errors import ConfigError, ShardError
-from mmpool.format import NPY_HEADER_BYTES, read_manifest
-from mmpool.legacy import scan_shard
-from mmpool.store import ShardStore
-from mmpool.synthetic import make_positions, make_synthetic, write_legacy_shard
+from mmpool.format.manifest import NPY_HEADER_BYTES, read_manifest
+from mmpool.ops.check import verify_dirs
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import ShardStore
+from mmpool.testing.synthetic import make_positions, make_synthetic, write_legacy_shard
 
 REPO = Path(__file__).resolve().parent.parent
 ITEMSIZE = 280  # synthetic.position_dtype(4)

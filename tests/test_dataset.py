@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import Data, collect, id_dir, id_shard, stack
 
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.elastic import RunSpec, epoch_plan
 from mmpool.errors import ConfigError
-from mmpool.schedule import MIN_SLICE_ROWS, activation_order
+from mmpool.sampling.plan import RunSpec, epoch_plan
+from mmpool.sampling.schedule import MIN_SLICE_ROWS, activation_order
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 
 def make(data: Data, **kw) -> StreamingMixedShardDataset:

@@ -12,9 +12,9 @@ import pytest
 from conftest import Data, collect, stack
 from torch.utils.data import DataLoader
 
-from mmpool.augment import Dihedral
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.synthetic import PASS_MOVE
+from mmpool.augment.dihedral import Dihedral
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.testing.synthetic import PASS_MOVE
 
 
 def group(x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from conftest import Data, collect, id_dir, id_row, id_shard
 from torch.utils.data import DataLoader
 
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 WORKERS = 2
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mmpool.cli import main
-from mmpool.demo import DEMO_MARKER, PNG_NAME, SCALES, DemoSummary, demo_data, demo_root, run_demo
 from mmpool.errors import ConfigError
-from mmpool.format import read_manifest
+from mmpool.format.manifest import read_manifest
+from mmpool.ops.demo import DEMO_MARKER, PNG_NAME, SCALES, DemoSummary, demo_data, demo_root, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = SCALES["tiny"]

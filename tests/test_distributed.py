@@ -19,7 +19,7 @@ RANK_SCRIPT = r"""
 import datetime, json, logging, os, sys
 import numpy as np, torch, torch.distributed as dist
 from torch.utils.data import DataLoader
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
@@ -151,8 +151,8 @@ NEW_SHARDS_SCRIPT = r"""
 import datetime, json, shutil, sys, time
 from pathlib import Path
 import torch, torch.distributed as dist
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.convert.converter import convert
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 src, dst, later, out = (Path(p) for p in sys.argv[1:5])
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
@@ -180,8 +180,8 @@ dist.destroy_process_group()
 
 def test_ranks_agree_on_shards_converted_between_epochs(tmp_path: Path) -> None:
     """set_epoch picks up new shards on every rank at once: rank 0 decides, the others follow (no DDP hang)."""
-    from mmpool.convert import convert
-    from mmpool.synthetic import make_synthetic
+    from mmpool.convert.converter import convert
+    from mmpool.testing.synthetic import make_synthetic
 
     (src,) = make_synthetic(tmp_path / "src", [6], 200, seed=3)
     (extra,) = make_synthetic(tmp_path / "extra", [8], 200, seed=3)

@@ -1,4 +1,4 @@
-"""Unit tests of elastic resume's index arithmetic (mmpool.elastic): what remains of an epoch and how another
+"""Unit tests of elastic resume's index arithmetic (mmpool.sampling.plan): what remains of an epoch and how another
 run shape continues it. No files, no torch: catalogs are arrays, streams are the pools' draws.
 
 Every test checks coverage entry by entry: what the first run yielded, plus what the continuation yields, plus
@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mmpool.elastic import (
+from mmpool.errors import ConfigError
+from mmpool.sampling.entries import pack, row_of, shard_of
+from mmpool.sampling.plan import (
     Plan,
     Remainder,
     RunSpec,
@@ -24,9 +26,7 @@ from mmpool.elastic import (
     remainder_of,
     subtract,
 )
-from mmpool.errors import ConfigError
-from mmpool.packing import pack, row_of, shard_of
-from mmpool.schedule import Segments
+from mmpool.sampling.schedule import Segments
 
 EPOCH = 3
 

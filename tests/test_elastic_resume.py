@@ -14,10 +14,10 @@ import torch
 from conftest import Data, launch_ranks
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mmpool.augment import Dihedral
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.augment.dihedral import Dihedral
 from mmpool.errors import ConfigError
-from mmpool.states import gather_states
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.resume import gather_states
 
 KW: dict[str, Any] = dict(pool_size=1000, random_seed=3, batch_size=50)
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpool import StreamingMixedShardDataset, lc0
-from mmpool.catalog import Catalog
-from mmpool.check import inspect_dirs, verify_dirs
+from mmpool import StreamingMixedShardDataset
 from mmpool.cli import main
-from mmpool.convert import convert
+from mmpool.convert import lc0
+from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError, ShardError
-from mmpool.format import read_manifest, read_sources
-from mmpool.store import ShardStore
+from mmpool.format.manifest import read_manifest, read_sources
+from mmpool.ops.check import inspect_dirs, verify_dirs
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import ShardStore
 
 # --------------------------------------------------------------------------- KataGo rows (v1.17.2, 19x19)
 

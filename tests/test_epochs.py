@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.synthetic import make_positions, make_synthetic, write_legacy_shard
+from mmpool.convert.converter import convert
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.testing.synthetic import make_positions, make_synthetic, write_legacy_shard
 
 SHARDS, ROWS = [6, 3], [500, 700]
 PER_EPOCH = 6 * 500 + 3 * 700

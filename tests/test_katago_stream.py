@@ -14,9 +14,9 @@ from test_augment_packed import KATAGO, PACKED, element, unpacked, vector_elemen
 from torch.utils.data import DataLoader
 
 from mmpool import Dihedral
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.synthetic import katago_rows
+from mmpool.convert.converter import convert
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.testing.synthetic import katago_rows
 
 ROWS, FILES = 96, 4  # rows per npz file
 

@@ -1,4 +1,4 @@
-"""Tests of mmpool.legacy: listing, scanning, reading and validating legacy shards."""
+"""Tests of mmpool.convert.legacy: listing, scanning, reading and validating legacy shards."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmpool.convert.legacy import check_finite, read_shard, scan_shard
 from mmpool.errors import ShardError
-from mmpool.legacy import check_finite, read_shard, scan_shard
-from mmpool.synthetic import make_positions, write_legacy_shard
+from mmpool.testing.synthetic import make_positions, write_legacy_shard
 
 FORMATS = ["npz", "npy", "pt", "pth", "h5", "hdf5"]
 EXPECTED_FIELDS = {

@@ -14,13 +14,13 @@ from conftest import Data
 from torch.utils.data import DataLoader
 
 from mmpool import StreamIterator
-from mmpool.catalog import Catalog
-from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError, MemoryLimitExceeded
-from mmpool.memory import GIB, anon_bytes
-from mmpool.packing import MAX_ROWS, MAX_SHARDS, check_limits
-from mmpool.plan import plan
-from mmpool.store import fd_count
+from mmpool.ops.sizing import plan
+from mmpool.sampling.entries import MAX_ROWS, MAX_SHARDS, check_limits
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import fd_count
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.memory import GIB, anon_bytes
 
 KW: dict[str, Any] = dict(pool_size=1000, random_seed=3, batch_size=100)
 
@@ -217,15 +217,15 @@ def test_pool_entry_limits_are_checked_with_the_directory_named() -> None:
 
 def test_the_catalog_checks_the_limits(two_dirs: Data, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real shards cannot reach 2^32 rows in a test: lower the limits instead, and build real catalogs."""
-    import mmpool.packing
+    import mmpool.sampling.entries
 
-    monkeypatch.setattr(mmpool.packing, "MAX_ROWS", 500)  # the shards have 500 rows: row 499 is the largest
+    monkeypatch.setattr(mmpool.sampling.entries, "MAX_ROWS", 500)  # the shards have 500 rows: row 499 is the largest
     Catalog(two_dirs.dirs)
-    monkeypatch.setattr(mmpool.packing, "MAX_ROWS", 499)
+    monkeypatch.setattr(mmpool.sampling.entries, "MAX_ROWS", 499)
     with pytest.raises(ConfigError, match=f"^{two_dirs.dirs[0]}, {two_dirs.dirs[1]}: a shard of 500 rows"):
         Catalog(two_dirs.dirs)
-    monkeypatch.setattr(mmpool.packing, "MAX_ROWS", 1 << 32)
-    monkeypatch.setattr(mmpool.packing, "MAX_SHARDS", 15)  # 16 shards selected
+    monkeypatch.setattr(mmpool.sampling.entries, "MAX_ROWS", 1 << 32)
+    monkeypatch.setattr(mmpool.sampling.entries, "MAX_SHARDS", 15)  # 16 shards selected
     with pytest.raises(ConfigError, match="16 shards selected"):
         Catalog(two_dirs.dirs)
     Catalog(two_dirs.dirs, ["0-10", "all"])  # 15 fit

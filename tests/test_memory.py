@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import Data
 
-from mmpool.dataset import StreamingMixedShardDataset
 from mmpool.errors import ConfigError, MemoryLimitExceeded
-from mmpool.memory import GIB, anon_bytes
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.memory import GIB, anon_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 BALLAST_MB = 600
@@ -25,9 +25,9 @@ CHILD = r"""
 import os, sys
 import numpy as np
 from torch.utils.data import DataLoader
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.stream.dataset import StreamingMixedShardDataset
 from mmpool.errors import MemoryLimitExceeded
-from mmpool.memory import GIB, anon_bytes
+from mmpool.stream.memory import GIB, anon_bytes
 
 workers = int(sys.argv[1])
 dirs = sys.argv[2:]
@@ -147,7 +147,7 @@ def test_pages_shared_with_a_forked_worker_count_once() -> None:
     workers while the memory really held has not grown."""
     import numpy as np
 
-    from mmpool.memory import measure
+    from mmpool.stream.memory import measure
 
     ballast = np.ones(300 * 2**20 // 8)
     before = sum(p.anon for p in measure())

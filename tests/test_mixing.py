@@ -16,13 +16,13 @@ import pytest
 from conftest import Data, build, id_dir
 from torch.utils.data import DataLoader
 
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.elastic import RunSpec, epoch_plan
+from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError
-from mmpool.packing import shard_of
-from mmpool.stats import WINDOW
-from mmpool.synthetic import katago_rows
+from mmpool.sampling.entries import shard_of
+from mmpool.sampling.plan import RunSpec, epoch_plan
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.stats import WINDOW
+from mmpool.testing.synthetic import katago_rows
 
 
 def index_stream(

@@ -1,4 +1,4 @@
-"""Tests for mmpool.pagecache: the memory the page cache may use, from cgroup v1 / v2 files or RAM; mincore."""
+"""Tests for mmpool.store.pagecache: the memory the page cache may use, from cgroup v1 / v2 files or RAM; mincore."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpool.pagecache import _cgroup_paths, cache_limit, resident
+from mmpool.store.pagecache import _cgroup_paths, cache_limit, resident
 
 
 def test_cgroup_v1_limit_is_read(tmp_path: Path) -> None:

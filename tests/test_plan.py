@@ -1,4 +1,4 @@
-"""Tests for mmpool.plan: its figures against what the dataset then uses (pool buffer, memory growth, mapped window,
+"""Tests for mmpool.ops.sizing: its figures against what the dataset then uses (pool buffer, memory growth, mapped window,
 the pool that fits), the command, and its errors."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpool.augment import Dihedral
+from mmpool.augment.dihedral import Dihedral
 from mmpool.cli import main
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError
-from mmpool.memory import GIB, anon_bytes
-from mmpool.plan import Plan, plan
-from mmpool.synthetic import make_synthetic
+from mmpool.ops.sizing import Plan, plan
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.memory import GIB, anon_bytes
+from mmpool.testing.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = 4000
@@ -65,10 +65,10 @@ def test_pool_bytes_match_the_pool_the_dataset_builds(
 MEMORY_SCRIPT = r"""
 import gc, json, sys, time
 import torch
-from mmpool.augment import Dihedral
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.memory import measure
-from mmpool.plan import plan
+from mmpool.augment.dihedral import Dihedral
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.memory import measure
+from mmpool.ops.sizing import plan
 
 dirs, workers = sys.argv[1:3], int(sys.argv[3])
 pool = 1_600_000  # 12.8 MB: 240k positions x 8 symmetries hold it

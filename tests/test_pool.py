@@ -1,4 +1,4 @@
-"""Unit tests of the index work: activation order and epoch plans (mmpool.schedule) and IndexPool (mmpool.pool).
+"""Unit tests of the index work: activation order and epoch plans (mmpool.sampling.schedule) and IndexPool (mmpool.sampling.pool).
 
 No files, no torch: catalogs are plain arrays of shard directories and row counts.
 """
@@ -10,9 +10,9 @@ import copy
 import numpy as np
 import pytest
 
-from mmpool.packing import row_of, shard_of, sym_of
-from mmpool.pool import MAX_RUNS, IndexPool
-from mmpool.schedule import MAX_SLICES, Segments, activation_order, interleave, plan_epoch
+from mmpool.sampling.entries import row_of, shard_of, sym_of
+from mmpool.sampling.pool import MAX_RUNS, IndexPool
+from mmpool.sampling.schedule import MAX_SLICES, Segments, activation_order, interleave, plan_epoch
 
 
 def catalog(shards: list[int], rows: list[int] | list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ import pytest
 from conftest import Data
 from torch.utils.data import DataLoader
 
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.prefetcher import Prefetcher
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.prefetcher import Prefetcher
 
 
 def make(data: Data, **kw) -> StreamingMixedShardDataset:

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpool.catalog import Catalog
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.format import read_manifest
-from mmpool.store import ShardStore
-from mmpool.synthetic import make_synthetic
+from mmpool.convert.converter import convert
+from mmpool.format.manifest import read_manifest
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import ShardStore
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.testing.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,8 +76,8 @@ def stream_ids(dirs: list[Path], **kwargs) -> np.ndarray:
 FD_SCRIPT = r"""
 import json, resource, sys
 import numpy as np, psutil, torch
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.store import fd_count
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.store.gather import fd_count
 
 dirs, limit, runs = sys.argv[1:3], int(sys.argv[3]), json.loads(sys.argv[4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))

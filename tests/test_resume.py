@@ -13,13 +13,13 @@ import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mmpool import dataset as dataset_module
-from mmpool.augment import Dihedral
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.augment.dihedral import Dihedral
+from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError
-from mmpool.store import ShardStore
-from mmpool.synthetic import make_synthetic
+from mmpool.store.gather import ShardStore
+from mmpool.stream import dataset as dataset_module
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.testing.synthetic import make_synthetic
 
 # 6 shards of 500 and 3 of 700 records: 5100 per epoch; a pool of 1000 refills about every 250 examples.
 SHARDS, ROWS = [6, 3], [500, 700]

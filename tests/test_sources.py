@@ -1,4 +1,4 @@
-"""Tests of mmpool.sources: which files are inputs, their order, and the shard number each one gets."""
+"""Tests of mmpool.convert.sources: which files are inputs, their order, and the shard number each one gets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mmpool.convert.legacy import SHARD_SUFFIXES
+from mmpool.convert.sources import last_integer, list_files, natural_key, number_files, order_names
 from mmpool.errors import ConfigError
-from mmpool.legacy import SHARD_SUFFIXES
-from mmpool.sources import last_integer, list_files, natural_key, number_files, order_names
 
 SUFFIXES = set(SHARD_SUFFIXES)
 

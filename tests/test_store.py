@@ -1,4 +1,4 @@
-"""Tests for mmpool.store: exact gathers across packs and directories, the open-pack bound, HDF5 packs."""
+"""Tests for mmpool.store.gather: exact gathers across packs and directories, the open-pack bound, HDF5 packs."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
-from mmpool.catalog import Catalog
-from mmpool.convert import convert
+from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError, ShardError
-from mmpool.format import Manifest, read_manifest, write_manifest
-from mmpool.packing import pack
-from mmpool.store import ShardStore, fd_count
-from mmpool.synthetic import make_positions, make_synthetic
+from mmpool.format.manifest import Manifest, read_manifest, write_manifest
+from mmpool.sampling.entries import pack
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import ShardStore, fd_count
+from mmpool.testing.synthetic import make_positions, make_synthetic
 
 FIELDS = ("planes", "move", "wdl", "id")
 

@@ -1,4 +1,4 @@
-"""Tests of mmpool.synthetic and tools/make_synthetic.py."""
+"""Tests of mmpool.testing.synthetic and tools/make_synthetic.py."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmpool.convert.legacy import read_shard, scan_shard
+from mmpool.convert.sources import last_integer, list_files
 from mmpool.errors import ConfigError
-from mmpool.legacy import read_shard, scan_shard
-from mmpool.sources import last_integer, list_files
-from mmpool.synthetic import katago_rows, make_positions, make_synthetic, position_dtype, write_legacy_shard
+from mmpool.testing.synthetic import katago_rows, make_positions, make_synthetic, position_dtype, write_legacy_shard
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ limit bounds the page cache too, after the files it reads were evicted (``posix_
   rewrite of the window: KataGo's scatter of rows to random output files, then a shuffle of each): time and peak
   memory (``ru_maxrss`` of the child that ran it).
 
-Records are the synthetic schema (``mmpool.synthetic``) with 130 planes (8,344 B, lc0's V6 is 8,356 B) or 86 planes
+Records are the synthetic schema (``mmpool.testing.synthetic``) with 130 planes (8,344 B, lc0's V6 is 8,356 B) or 86 planes
 (5,528 B, KataGo's rows are 5.5-8.4 KB). Writes ``OUT/bigdata-{record}.json`` and prints a markdown table.
 """
 
@@ -100,12 +100,12 @@ def child_stream(dirs: list[str], pool: int, seconds: float, hints: bool) -> dic
     """mmpool for ``seconds``: records/s, time to the first batch, what was read ahead and hinted."""
     import functools
 
-    import mmpool.iterator
-    from mmpool.dataset import StreamingMixedShardDataset
-    from mmpool.store import ShardStore
+    import mmpool.stream.iterator
+    from mmpool.store.gather import ShardStore
+    from mmpool.stream.dataset import StreamingMixedShardDataset
 
     if not hints:  # page faults with the kernel's read-around, no hints
-        mmpool.iterator.ShardStore = functools.partial(ShardStore, cold_hints=False)  # type: ignore[misc]
+        mmpool.stream.iterator.ShardStore = functools.partial(ShardStore, cold_hints=False)  # type: ignore[misc]
     ds = StreamingMixedShardDataset(dirs, pool_size=pool, batch_size=BATCH, random_seed=5, num_epochs=None)
     it = iter(ds)
     n, first = 0, None
@@ -163,7 +163,7 @@ def _katago_fields(records: np.ndarray) -> dict[str, np.ndarray]:
 def child_shuffle(dirs: list[str], out: str, buckets: int) -> dict:
     """KataGo's shuffle step over the whole window: read every record once, scatter each row to a random output
     file (pass 1, to temporary files), then load, shuffle and write each output file as ``.npz`` (pass 2)."""
-    from mmpool.format import read_manifest
+    from mmpool.format.manifest import read_manifest
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ def run_child(what: str, kwargs: dict, group: Cgroup | None, evict: list | None 
 def run(args: argparse.Namespace) -> dict:
     channels = RECORDS[args.record]
     dirs = [str(d) for d in bd.converted_dataset(args.data, ROWS, SHARDS, "256M", channels=channels)]
-    from mmpool.synthetic import position_dtype
+    from mmpool.testing.synthetic import position_dtype
 
     itemsize = position_dtype(channels).itemsize
     limit = args.limit_mb << 20

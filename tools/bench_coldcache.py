@@ -7,7 +7,7 @@ of 1024, one whole epoch):
 
 - warm: every pack in the page cache (read once beforehand);
 - cold, prefetch: every pack evicted first (``posix_fadvise(DONTNEED)``), then streamed with ``prefetch=True``
-  (rows entering the pool are read ahead in a background thread, ``mmpool.readahead``);
+  (rows entering the pool are read ahead in a background thread, ``mmpool.store.readahead``);
 - cold, no prefetch: evicted again, streamed with ``prefetch=False`` (pages fault in as the random gathers touch
   them, plus what the kernel reads around a fault: ``read_ahead_kb`` of the device);
 - the two cold streams again with the kernel's read-around off (``MADV_RANDOM`` on every mapping): what a device or
@@ -39,8 +39,8 @@ from pathlib import Path
 import benchdata as bd  # a sibling module: tools/ is on the path of a script run from it
 import numpy as np
 
-import mmpool.store
-from mmpool.dataset import StreamingMixedShardDataset
+import mmpool.store.gather
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 BATCH = 1024
 SCALES = {
@@ -118,18 +118,18 @@ def disk_rate(path: Path) -> float:
 @contextlib.contextmanager
 def no_read_around():
     """Every pack the store maps gets ``MADV_RANDOM``: a page fault reads that page only, nothing around it."""
-    real = mmpool.store._open
+    real = mmpool.store.gather._open
 
     def open_random(ref, itemsize):
         mapped = real(ref, itemsize)
         mapped.mm.madvise(mmap.MADV_RANDOM)  # npy packs: a _Mapped
         return mapped
 
-    mmpool.store._open = open_random
+    mmpool.store.gather._open = open_random
     try:
         yield
     finally:
-        mmpool.store._open = real
+        mmpool.store.gather._open = real
 
 
 def stream(dirs: list[Path], pool: int, prefetch: bool, seed: int = 11) -> dict:

@@ -6,7 +6,7 @@ KataGo: ``.npz`` shards written with ``savez_compressed`` (KataGo's writer), its
 (~7.6 KB a row with q-values; contents sparse like real planes and targets, so they compress like them).
 lc0: V6 games (8,356 B a record) as ``.gz`` files and in ``.tar`` archives.
 
-Each is timed as ``mmpool.convert.convert`` with 1 and 2 worker processes, and as a plain decompress-and-copy of
+Each is timed as ``mmpool.convert.converter.convert`` with 1 and 2 worker processes, and as a plain decompress-and-copy of
 the same files in one process (every npz member or gzip stream decompressed and written to one file, fsynced:
 convert fsyncs its packs too), sources warm in the page cache. Reported: MB/s of output (records written) and the
 ratio convert / copy, which a shared, noisy machine leaves comparable; the median of the rounds.
@@ -26,8 +26,8 @@ from pathlib import Path
 import benchdata as bd  # a sibling module: tools/ is on the path of a script run from it
 import numpy as np
 
-from mmpool import lc0
-from mmpool.convert import convert
+from mmpool.convert import lc0
+from mmpool.convert.converter import convert
 
 SCALES = {
     "small": {"kg_files": 8, "kg_rows": 2000, "games": 240, "game_rows": 120, "rounds": 3},

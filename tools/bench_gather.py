@@ -11,7 +11,7 @@ rounds and the per-round ratios' median taken, so a noisy neighbour hits both al
 RAM copy and the warm page cache cannot both fit: baseline rounds first, then mmpool's, best round of each).
 Target: >= 0.5.
 
-Conversion: ``mmpool.convert.convert`` of legacy ``.npz`` shards (source files warm in the page cache) against a
+Conversion: ``mmpool.convert.converter.convert`` of legacy ``.npz`` shards (source files warm in the page cache) against a
 plain copy of the same files (``shutil.copyfile`` then ``fsync``: convert fsyncs its packs too), MB of source
 per second, with 1 and 2 worker processes. Target: >= 0.5.
 """
@@ -30,9 +30,9 @@ import benchdata as bd  # a sibling module: tools/ is on the path of a script ru
 import numpy as np
 import torch
 
-from mmpool.catalog import Catalog
-from mmpool.packing import pack
-from mmpool.store import ShardStore
+from mmpool.sampling.entries import pack
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import ShardStore
 
 BATCH = 1024
 SCALES = {
@@ -225,7 +225,7 @@ def copy_files(files: list[Path], dst: Path) -> float:
 # parent's __main__ module -- here this benchmark with torch -- which is not what `mmpool convert` pays.
 _CONVERT_CHILD = """
 import sys, time
-from mmpool.convert import convert
+from mmpool.convert.converter import convert
 src, dst, pack, workers = sys.argv[1:]
 t = time.perf_counter()
 convert(src, dst, pack_size=pack, workers=int(workers), progress=False)

@@ -2,7 +2,7 @@
 
     python tools/bench_katago.py [--rows 8192] [--rounds 15] [--threads 1]
 
-Rows come from ``mmpool.synthetic.katago_rows`` (8,443 bytes each, 19x19), held in RAM; every batch gathers 1024
+Rows come from ``mmpool.testing.synthetic.katago_rows`` (8,443 bytes each, 19x19), held in RAM; every batch gathers 1024
 random rows field by field (``np.take``, as the store's gather hands them out), then:
 
 (a) ``Dihedral`` with the KataGo configuration (packed inputs, value targets, policy and q-value targets), random
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mmpool import Dihedral, unpack_planes
-from mmpool.synthetic import katago_rows
+from mmpool.testing.synthetic import katago_rows
 
 BATCH = 1024
 PACKED = "binaryInputNCHWPacked"

@@ -64,8 +64,8 @@ from typing import Any
 import bench_peers as peers  # a sibling module: tools/ is on the path of a script run from it
 import numpy as np
 
-from mmpool.convert import convert
-from mmpool.synthetic import write_legacy_shard
+from mmpool.convert.converter import convert
+from mmpool.testing.synthetic import write_legacy_shard
 
 GENERATIONS = 3
 CHANNELS = 4
@@ -79,7 +79,7 @@ FAMILY_BIAS = 1.0  # std of an opening family's move-logit offsets (visible: the
 SHARD_DRIFT = 0.4  # std of a shard's move-logit offsets (not visible)
 RESULT_DRIFT = 0.5  # std of a shard's win/loss logit offset (not visible)
 DRIFT_CORRELATION = 0.5  # AR(1) coefficient of the shard offsets along a directory's shards
-ID_SHARD_BITS = 20  # ids are (dir << 40) | (shard << 20) | row, as mmpool.synthetic makes them
+ID_SHARD_BITS = 20  # ids are (dir << 40) | (shard << 20) | row, as mmpool.testing.synthetic makes them
 ID_DIR_BITS = 40
 DATA_SEED = 0  # the data is the same for every seed: seeds vary the initialisation and the loaders' orders
 MB = 1 << 20
@@ -161,7 +161,7 @@ class World:
         return np.tanh(x @ self.w1 / np.sqrt(x.shape[1] * 0.2))
 
     def shard(self, seed: int, gen: int, t: int, rows: int, id_base: int) -> dict[str, np.ndarray]:
-        """Shard ``t`` of generation ``gen``: planes, move, wdl, id (the record layout of ``mmpool.synthetic``)."""
+        """Shard ``t`` of generation ``gen``: planes, move, wdl, id (the record layout of ``mmpool.testing.synthetic``)."""
         rng = np.random.default_rng([seed, gen, t])
         family = self.family[gen, t]
         planes = self.planes(rng, np.full(rows, family))
@@ -251,7 +251,7 @@ def loader_of(variant: str, data: Data, sc: Scale, seed: int):
 
         return DataLoader(Positions(), batch_size=sc.batch, collate_fn=peers.collate_rows)
     if variant.startswith("mmpool"):
-        from mmpool.dataset import StreamingMixedShardDataset
+        from mmpool.stream.dataset import StreamingMixedShardDataset
 
         extra = {"mix": "stratified"} if variant == "mmpool-stratified" else {}
         pool = training_examples(data, sc) if variant == "mmpool-whole" else sc.pool

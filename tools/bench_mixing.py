@@ -32,13 +32,13 @@ from pathlib import Path
 import benchdata as bd
 import numpy as np
 
-from mmpool import schedule
-from mmpool.convert import convert
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.elastic import RunSpec, epoch_plan
-from mmpool.packing import shard_of
-from mmpool.stats import WINDOW
-from mmpool.synthetic import katago_rows
+from mmpool.convert.converter import convert
+from mmpool.sampling import schedule
+from mmpool.sampling.entries import shard_of
+from mmpool.sampling.plan import RunSpec, epoch_plan
+from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.stats import WINDOW
+from mmpool.testing.synthetic import katago_rows
 
 BATCH = 1024
 WEIGHTS = np.array([0.75, 0.25])

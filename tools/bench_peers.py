@@ -151,14 +151,14 @@ def rows_of(arrays: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
 
 
 def prep_mmpool(srcs: list[Path], out: Path, scale: dict) -> None:
-    from mmpool.convert import convert
+    from mmpool.convert.converter import convert
 
     for src in srcs:
         convert(src, out / src.name, fmt="npy", progress=False)
 
 
 def load_mmpool(srcs: list[Path], out: Path, scale: dict, mix: str = "pool"):
-    from mmpool.dataset import StreamingMixedShardDataset
+    from mmpool.stream.dataset import StreamingMixedShardDataset
 
     ds = StreamingMixedShardDataset(
         [out / s.name for s in srcs],

@@ -16,7 +16,7 @@ import time
 
 import benchdata as bd
 
-from mmpool.dataset import StreamingMixedShardDataset
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 STEP = 0.004
 BATCH = 1024

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpool.format import MANIFEST_NAME, Manifest, Schema, write_manifest, write_pack
-from mmpool.synthetic import position_dtype
+from mmpool.format.manifest import MANIFEST_NAME, Manifest, Schema, write_manifest, write_pack
+from mmpool.testing.synthetic import position_dtype
 
 
 def build(root: Path, records: int, shards: int, dirs: int, shards_per_pack: int) -> list[Path]:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from mmpool.dataset import StreamingMixedShardDataset
+    from mmpool.stream.dataset import StreamingMixedShardDataset
 
     root = args.root or Path(tempfile.mkdtemp(prefix="mmpool-bench-resume-"))
     try:
@@ -145,7 +145,7 @@ def header(args: argparse.Namespace, states: list[dict]) -> None:
 
 def elastic(dirs: list[Path], kwargs: dict, args: argparse.Namespace) -> int:
     """N ranks stream to ``--resume-at`` between them; rank 0 of M resumes from the list of their states."""
-    from mmpool.dataset import StreamingMixedShardDataset
+    from mmpool.stream.dataset import StreamingMixedShardDataset
 
     old, new = args.ranks, args.new_ranks or args.ranks
     per_rank = args.resume_at // old

@@ -38,10 +38,10 @@ import psutil
 import torch
 from torch.utils.data import DataLoader
 
-from mmpool.augment import Dihedral
-from mmpool.dataset import StreamingMixedShardDataset
-from mmpool.pool import IndexPool
-from mmpool.schedule import Segments
+from mmpool.augment.dihedral import Dihedral
+from mmpool.sampling.pool import IndexPool
+from mmpool.sampling.schedule import Segments
+from mmpool.stream.dataset import StreamingMixedShardDataset
 
 BATCH = 1024
 SCALES = {

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpool.format import (
+from mmpool.format.manifest import (
     MANIFEST_NAME,
     Manifest,
     PackEntry,
@@ -47,7 +47,7 @@ from mmpool.format import (
     write_manifest,
     write_pack,
 )
-from mmpool.synthetic import make_positions, make_synthetic
+from mmpool.testing.synthetic import make_positions, make_synthetic
 
 DEFAULT_ROOT = Path("bench_out") / "data"
 CACHE_VERSION = 1
@@ -58,7 +58,7 @@ _CHUNK = 16 << 20
 
 
 def _size(size: int | str) -> int:
-    from mmpool.convert import parse_size
+    from mmpool.convert.converter import parse_size
 
     return parse_size(size)
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmpool.synthetic import FORMATS, make_synthetic
+from mmpool.testing.synthetic import FORMATS, make_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:

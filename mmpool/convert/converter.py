@@ -1,8 +1,8 @@
-"""The one-time converter: legacy shards of one directory -> pack files and a manifest (see ``mmpool.format``).
+"""The one-time converter: legacy shards of one directory -> pack files and a manifest (see ``mmpool.format.manifest``).
 
-Phases: list and number the inputs (``mmpool.sources``), scan every new shard's header or game's first bytes
+Phases: list and number the inputs (``mmpool.convert.sources``), scan every new shard's header or game's first bytes
 (cheap, so a bad directory fails before anything is written), fix the reference schema and what each shard needs
-to take it (``mmpool.adapt``), plan packs of consecutive new shards, then convert pack by pack. The manifest is rewritten after each committed pack, so a
+to take it (``mmpool.convert.adapt``), plan packs of consecutive new shards, then convert pack by pack. The manifest is rewritten after each committed pack, so a
 killed run keeps what it finished and a rerun converts only the rest.
 """
 
@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mmpool import adapt, lc0
+from mmpool.convert import adapt, lc0
+from mmpool.convert.legacy import SHARD_SUFFIXES, ShardInfo, check_finite, read_shard, scan_shard
+from mmpool.convert.sources import ORDERS, list_files, number_files, order_names
 from mmpool.errors import ConfigError
-from mmpool.format import (
+from mmpool.format.manifest import (
     MANIFEST_NAME,
     PACK_SUFFIX,
     SOURCES_SUFFIX,
@@ -36,8 +38,6 @@ from mmpool.format import (
     write_pack,
     write_sources,
 )
-from mmpool.legacy import SHARD_SUFFIXES, ShardInfo, check_finite, read_shard, scan_shard
-from mmpool.sources import ORDERS, list_files, number_files, order_names
 
 log = logging.getLogger("mmpool")
 
@@ -290,11 +290,11 @@ def convert(
 ) -> ConvertSummary:
     """Convert the shards of ``src`` into packs in ``dst`` (incremental: converted shards are skipped).
 
-    Inputs are legacy shards (``.npz .npy .pt .h5``, one file a shard, numbered as ``mmpool.sources`` says,
+    Inputs are legacy shards (``.npz .npy .pt .h5``, one file a shard, numbered as ``mmpool.convert.sources`` says,
     ``order`` choosing the order when names do not number them) or lc0 games (``.gz`` files and ``.tar``
     archives of them, grouped into shards of about ``rows_per_shard`` rows), in ``src`` or, with ``recursive``,
     its subdirectories too. ``like`` (a converted directory) gives the record schema to convert to when ``dst``
-    has none yet; ``pad``, ``fill`` (``FIELD=VALUE``) and ``drop`` resolve differences (``mmpool.adapt``).
+    has none yet; ``pad``, ``fill`` (``FIELD=VALUE``) and ``drop`` resolve differences (``mmpool.convert.adapt``).
 
     Raises ConfigError for bad parameters or shards that need a flag, ShardError for bad files; nothing is
     written when a scan check fails, and a failed pack leaves the manifest as it was.

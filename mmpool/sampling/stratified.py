@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mmpool.packing import shard_of
-from mmpool.pool import IndexPool, PoolCounts
-from mmpool.schedule import Segments, join
+from mmpool.sampling.entries import shard_of
+from mmpool.sampling.pool import IndexPool, PoolCounts
+from mmpool.sampling.schedule import Segments, join
 
 
 def by_directory(segments: Segments, shard_dir: np.ndarray, num_dirs: int) -> list[Segments]:

@@ -146,8 +146,8 @@ def run_demo(
 
 def demo_data(root: Path, sc: Scale, seed: int, progress: bool) -> tuple[list[Path], bool]:
     """Converted directories under ``root/converted``: reused when complete and verified, else made afresh."""
-    from mmpool.check import verify_dirs
-    from mmpool.convert import convert
+    from mmpool.convert.converter import convert
+    from mmpool.ops.check import verify_dirs
 
     dirs = [root / "converted" / name for name in sc.names]
     stamp = root / "data.json"
@@ -176,7 +176,7 @@ def demo_data(root: Path, sc: Scale, seed: int, progress: bool) -> tuple[list[Pa
 
 def _make_shards(root: Path, sc: Scale, seed: int, progress: bool) -> list[Path]:
     """Legacy ``.npz`` shards with learnable labels (``make_positions`` planes and ids)."""
-    from mmpool.synthetic import make_positions, write_legacy_shard
+    from mmpool.testing.synthetic import make_positions, write_legacy_shard
 
     out = []
     with tqdm(total=sum(sc.shards), desc="demo: shards", unit="shard", disable=not progress) as bar:
@@ -242,10 +242,10 @@ def _train(
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from mmpool.augment import Dihedral
-    from mmpool.dataset import StreamingMixedShardDataset
-    from mmpool.memory import measure
-    from mmpool.schedule import plan_epoch
+    from mmpool.augment.dihedral import Dihedral
+    from mmpool.sampling.schedule import plan_epoch
+    from mmpool.stream.dataset import StreamingMixedShardDataset
+    from mmpool.stream.memory import measure
 
     aug = Dihedral(planes=("planes",), square_indices=("move",)) if augment else None
     factor = aug.factor if aug else 1

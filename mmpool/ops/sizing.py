@@ -3,7 +3,7 @@ long it takes to build.
 
     plan(dirs, max_memory_gb=5, pool_size=None, workers=0, batch_size=1024) -> Plan   (``mmpool plan DIR...``)
 
-Memory is counted the way the running stream counts it (``mmpool.memory``): anonymous memory of the training process
+Memory is counted the way the running stream counts it (``mmpool.stream.memory``): anonymous memory of the training process
 and its DataLoader workers. The baseline is this process with torch imported. A forked worker shares the parent's
 pages; where the kernel reports proportional anonymous memory (``Pss_Anon``) they count once over the group and a
 worker adds only what it writes (``WORKER_BYTES``, measured); where it does not, ``rss - shared`` counts the
@@ -39,14 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpool.catalog import Catalog, Weights
 from mmpool.errors import ConfigError
-from mmpool.memory import BATCH_BUFFERS, GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes
-from mmpool.packing import ENTRY_BYTES
-from mmpool.pagecache import cache_limit
-from mmpool.pool import IndexPool, default_threshold, participant_pool, pool_capacity
-from mmpool.schedule import Segments, interleave, plan_epoch, slice_rows
-from mmpool.store import ShardStore
+from mmpool.sampling.entries import ENTRY_BYTES
+from mmpool.sampling.pool import IndexPool, default_threshold, participant_pool, pool_capacity
+from mmpool.sampling.schedule import Segments, interleave, plan_epoch, slice_rows
+from mmpool.store.catalog import Catalog, Weights
+from mmpool.store.gather import ShardStore
+from mmpool.store.pagecache import cache_limit
+from mmpool.stream.memory import BATCH_BUFFERS, GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes
 
 HEADROOM = 32 << 20  # left free under the cap: what a process allocates between this plan and the pool
 # What a DataLoader worker writes of its own (pages copied on write, its interpreter's allocations), pool aside:

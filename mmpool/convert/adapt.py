@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmpool.errors import ConfigError
-from mmpool.format import Schema
+from mmpool.format.manifest import Schema
 
 Fields = Mapping[str, tuple[np.dtype, tuple[int, ...]]]
 

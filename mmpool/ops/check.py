@@ -10,8 +10,16 @@ import numpy as np
 from tqdm import tqdm
 
 from mmpool.errors import ConfigError, ShardError
-from mmpool.format import HDF5_DATASET, Manifest, PackEntry, ShardEntry, check_pack_file, read_manifest, read_sources
-from mmpool.ranges import to_range
+from mmpool.format.manifest import (
+    HDF5_DATASET,
+    Manifest,
+    PackEntry,
+    ShardEntry,
+    check_pack_file,
+    read_manifest,
+    read_sources,
+)
+from mmpool.store.ranges import to_range
 
 CHUNK_BYTES = 16 << 20  # per read: large enough for sequential speed, small enough to keep memory flat
 

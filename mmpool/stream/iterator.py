@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mmpool.catalog import Catalog
-from mmpool.elastic import Plan, Pool, RunSpec, continued_plan, epoch_plan, origin_remainder
-from mmpool.memory import GIB, MemoryGuard
-from mmpool.packing import ENTRY_BYTES, shard_of, sym_of
-from mmpool.pool import participant_pool
-from mmpool.prefetcher import Prefetcher
-from mmpool.stats import BatchCounts, Slot
-from mmpool.store import ShardStore
+from mmpool.sampling.entries import ENTRY_BYTES, shard_of, sym_of
+from mmpool.sampling.plan import Plan, Pool, RunSpec, continued_plan, epoch_plan, origin_remainder
+from mmpool.sampling.pool import participant_pool
+from mmpool.store.catalog import Catalog
+from mmpool.store.gather import ShardStore
+from mmpool.stream.memory import GIB, MemoryGuard
+from mmpool.stream.prefetcher import Prefetcher
+from mmpool.stream.stats import BatchCounts, Slot
 
 if TYPE_CHECKING:
-    from mmpool.dataset import StreamingMixedShardDataset
+    from mmpool.stream.dataset import StreamingMixedShardDataset
 
 log = logging.getLogger("mmpool")
 Batch = dict[str, torch.Tensor]
@@ -43,7 +43,7 @@ Batch = dict[str, torch.Tensor]
 class Position:
     """Where an iteration is: the epoch it is in, the epoch it started at, items yielded in this epoch, and which
     DataLoader worker of how many runs it (0 of 0 in the main process). The PROGRESS_KEYS of a state; after an
-    elastic resume also the ``origin`` (``mmpool.elastic.collect``) of the epoch it continues."""
+    elastic resume also the ``origin`` (``mmpool.sampling.plan.collect``) of the epoch it continues."""
 
     epoch: int
     start: int
@@ -93,7 +93,7 @@ class StreamIterator(Iterator[Batch]):
 
     ``close()`` (also ``with``-statement exit, the end of the stream, or dropping the iterator) unmaps the packs
     and stops the threads. With ``prefetch_batches`` > 0 (batch mode) the next batches are prepared in a background
-    thread (``mmpool.prefetcher``); ``position`` is then that of the last batch returned, not of the last prepared.
+    thread (``mmpool.stream.prefetcher``); ``position`` is then that of the last batch returned, not of the last prepared.
     ``position`` tells where it is; ``store`` and ``pool`` are the live resources. The iteration claims its epoch
     when the first item is asked for, not when the iterator is made: an iterator made and never used (torchdata's
     StatefulDataLoader makes some) does not use up an epoch. Until then ``position`` is None.

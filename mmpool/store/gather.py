@@ -4,7 +4,7 @@ Packs are mapped lazily and kept in a small LRU of open mappings: Python's ``mma
 descriptor per mapping, so the number of open descriptors stays bounded however many packs there are.
 Chunked or compressed HDF5 packs written by other tools cannot be mapped and are read through h5py instead.
 
-Cold data. Rows entering the pool are read ahead in a background thread (``mmpool.readahead``). A batch's rows that
+Cold data. Rows entering the pool are read ahead in a background thread (``mmpool.store.readahead``). A batch's rows that
 the read-ahead has not read (it is behind, or the window is bigger than what it may keep cached) are announced to
 the kernel before the gather, one ``MADV_WILLNEED`` per record: the kernel starts all their reads at once and the
 gather then waits for a batch's worth of reads in parallel, not one page fault after another. Measured here in a
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from mmpool.catalog import Catalog, PackRef
 from mmpool.errors import ConfigError, ShardError
-from mmpool.format import HDF5_DATASET
-from mmpool.packing import row_of, shard_of
-from mmpool.pagecache import cache_limit, resident
-from mmpool.readahead import ReadAhead, _Range
+from mmpool.format.manifest import HDF5_DATASET
+from mmpool.sampling.entries import row_of, shard_of
+from mmpool.store.catalog import Catalog, PackRef
+from mmpool.store.pagecache import cache_limit, resident
+from mmpool.store.readahead import ReadAhead, _Range
 
 log = logging.getLogger("mmpool")
 PAGE = mmap.PAGESIZE
@@ -284,7 +284,7 @@ class ShardStore:
 
     def prefetch(self, shard: int, first: int, stop: int) -> None:
         """Read rows ``first..stop-1`` of a shard ahead of the random gathers that follow, in a background thread
-        (``mmpool.readahead``); returns at once."""
+        (``mmpool.store.readahead``); returns at once."""
         cat = self.catalog
         base = int(cat.shard_first_row[shard])
         m = self._pack(int(cat.shard_pack[shard]))

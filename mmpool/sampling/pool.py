@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mmpool.packing import ROW_SHIFT, SHARD_SHIFT, shard_of
-from mmpool.schedule import Segments
+from mmpool.sampling.entries import ROW_SHIFT, SHARD_SHIFT, shard_of
+from mmpool.sampling.schedule import Segments
 
 MAX_RUNS = 8
 _MOVE_CHUNK = 1 << 20  # entries moved at a time when compacting, bounding numpy's temporary for overlapping copies
@@ -328,7 +328,7 @@ class IndexPool(PoolCounts):
             self.outstanding[g] += (hi - lo) * k
             if self.on_activate is not None and first_rows:
                 # The whole shard is read ahead when its first slice enters: slice by slice, the thread would
-                # take the GIL back for every few hundred KB (see mmpool.readahead).
+                # take the GIL back for every few hundred KB (see mmpool.store.readahead).
                 self.on_activate(g, lo, self.shard_end(g))
             written += (hi - lo) * k
         return written

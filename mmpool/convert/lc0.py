@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mmpool.errors import ShardError
-from mmpool.format import Schema
+from mmpool.format.manifest import Schema
 
 GAME_SUFFIX = ".gz"
 ARCHIVE_SUFFIX = ".tar"

@@ -15,7 +15,7 @@ A converted directory holds:
 
 Optional keys, written only when they apply (a manifest without them is read as before):
 
-* ``numbering`` -- how shard numbers were given (``mmpool.sources``): ``"last-integer"`` (the last integer of
+* ``numbering`` -- how shard numbers were given (``mmpool.convert.sources``): ``"last-integer"`` (the last integer of
   the file name; what a manifest without the key means) or ``"order:natural"``, ``"order:name"``,
   ``"order:mtime"``, ``"order:number"``: new files numbered in that order after the highest number in use.
   Numbers once given never change.
@@ -31,7 +31,7 @@ Optional keys, written only when they apply (a manifest without them is read as 
   the shard). It is written (atomically) before the manifest names it.
 
 The converter's options that shape these keys (``--recursive``, ``--order``, ``--like``, ``--pad``, ``--fill``,
-``--drop``, ``--rows-per-shard``) are described in ``mmpool.convert.convert`` and the README's converter section.
+``--drop``, ``--rows-per-shard``) are described in ``mmpool.convert.converter.convert`` and the README's converter section.
 
 Readers that predate these keys refuse a manifest holding ``adapted`` or ``sources`` as malformed rather than
 misread it; the format version stays 1.

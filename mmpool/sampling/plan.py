@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from mmpool.catalog import dir_weights
 from mmpool.errors import ConfigError
-from mmpool.pool import IndexPool, PoolCounts, participant_pool
-from mmpool.schedule import (
+from mmpool.sampling.pool import IndexPool, PoolCounts, participant_pool
+from mmpool.sampling.schedule import (
     Segments,
     activation_order,
     assign_blocks,
@@ -46,7 +45,8 @@ from mmpool.schedule import (
     plan_epoch,
     slice_rows,
 )
-from mmpool.stratified import StratifiedPool, by_directory, split_capacity, split_preloaded
+from mmpool.sampling.stratified import StratifiedPool, by_directory, split_capacity, split_preloaded
+from mmpool.store.catalog import dir_weights
 
 ELASTIC_KEYS = ("world_size", "rank", "weights")  # what a continuation may change; anything else is a ConfigError
 MIXES = ("pool", "stratified")

@@ -10,9 +10,9 @@ from typing import Literal
 import numpy as np
 
 from mmpool.errors import ConfigError
-from mmpool.format import Manifest, PackEntry, Schema, check_pack_file, read_manifest
-from mmpool.packing import check_limits
-from mmpool.ranges import select, to_range
+from mmpool.format.manifest import Manifest, PackEntry, Schema, check_pack_file, read_manifest
+from mmpool.sampling.entries import check_limits
+from mmpool.store.ranges import select, to_range
 
 Weights = Literal["shards", "records"] | Sequence[float]
 

@@ -1,7 +1,7 @@
 """Reading legacy training shards (.npz, .npy, .pt/.pth, .h5/.hdf5) as plain numpy arrays.
 
 A shard is one file holding named arrays that share their first dimension (rows); which files of a directory
-are shards, and their numbers, is ``mmpool.sources``'s job. ``scan_shard``
+are shards, and their numbers, is ``mmpool.convert.sources``'s job. ``scan_shard``
 reads only headers/metadata so a whole directory can be validated cheaply before any conversion;
 ``read_shard`` loads the data and re-checks it against the scan.
 """

@@ -1,7 +1,7 @@
 """StreamingMixedShardDataset: the torch IterableDataset that streams a proportional mix of converted shards.
 
-The dataset is configuration only. Each ``iter(dataset)`` returns a :class:`~mmpool.iterator.StreamIterator`
-that owns that iteration's pool, mapped packs, memory guard and position (see ``mmpool/iterator.py`` for the path of
+The dataset is configuration only. Each ``iter(dataset)`` returns a :class:`~mmpool.stream.iterator.StreamIterator`
+that owns that iteration's pool, mapped packs, memory guard and position (see ``mmpool/stream/iterator.py`` for the path of
 one batch). What is decided when iteration starts, not when the dataset is built:
 
 - rank and world size (from ``torch.distributed`` once the process group exists: Lightning and torchrun build
@@ -27,16 +27,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mmpool.augment import Augmentation
-from mmpool.catalog import Catalog, Weights
-from mmpool.elastic import ELASTIC_KEYS, MIXES, changes, check_origin, collect
+from mmpool.augment.dihedral import Augmentation
 from mmpool.errors import ConfigError, MemoryLimitExceeded
-from mmpool.games import GameKey
-from mmpool.iterator import Participant, Position, StreamIterator
-from mmpool.memory import GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes, measure, report
-from mmpool.packing import ENTRY_BYTES, MAX_SYMMETRIES
-from mmpool.pool import default_threshold
-from mmpool.stats import MAX_WORKERS, Stats, StatsBoard
+from mmpool.sampling.entries import ENTRY_BYTES, MAX_SYMMETRIES
+from mmpool.sampling.plan import ELASTIC_KEYS, MIXES, changes, check_origin, collect
+from mmpool.sampling.pool import default_threshold
+from mmpool.store.catalog import Catalog, Weights
+from mmpool.stream.games import GameKey
+from mmpool.stream.iterator import Participant, Position, StreamIterator
+from mmpool.stream.memory import GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes, measure, report
+from mmpool.stream.stats import MAX_WORKERS, Stats, StatsBoard
 
 log = logging.getLogger("mmpool")
 STATE_VERSION = 2  # 2: shards enter the pool in slices (mmpool 0.3); a version-1 order differs
@@ -62,7 +62,7 @@ class StreamingMixedShardDataset(IterableDataset):
         verbose: log activations, refills, shares and memory at INFO level.
         random_seed: seed of the order; None draws a fresh one.
         batch_size: None yields single examples; an int yields whole batches (leading batch dimension).
-        augmentation: an object with ``factor`` and ``apply(batch, symmetry_ids)`` (see ``mmpool.augment``);
+        augmentation: an object with ``factor`` and ``apply(batch, symmetry_ids)`` (see ``mmpool.augment.dihedral``);
             applied whenever ``enable_augmentation`` is True, also at factor 1.
         transform: a vectorised function of the batch dict (numpy arrays in, numpy arrays or tensors out), run
             on every batch after the augmentation, in training and validation alike.
@@ -78,7 +78,7 @@ class StreamingMixedShardDataset(IterableDataset):
         chunk_size: entries drawn at a time in single-example mode.
         mix: ``"pool"`` draws every batch uniformly from the whole pool (each directory's share holds over
             windows of a few batches, as in a global shuffle); ``"stratified"`` keeps one sub-pool per directory
-            and gives every batch each directory's share exactly, up to rounding (``mmpool.stratified``).
+            and gives every batch each directory's share exactly, up to rounding (``mmpool.sampling.stratified``).
         game_field: a field, or a range of one (``"globalTargetsNC[41:47]"``), that identifies a position's
             game: ``stats()`` then reports distinct games per batch and the most positions of one game in a batch.
 

@@ -1,0 +1,1 @@
+"""Operations on converted directories: inspect and verify, sizing (``mmpool plan``), the demo."""

@@ -1,0 +1,1 @@
+"""Which entries a participant draws, in which order: pool entries, schedule, pools, mixes, epoch plans (numpy only)."""

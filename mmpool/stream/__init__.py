@@ -1,0 +1,1 @@
+"""The torch side: dataset, iterator, tensors, batch prefetching, memory guard, statistics, resume states."""

@@ -1,0 +1,1 @@
+"""Synthetic data in the engines' real layouts, for tests, benchmarks and the demo."""
