@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and IDE
     from mmpool.stream.iterator import StreamIterator
     from mmpool.stream.stats import Stats
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # The dataset and unpack_planes need torch: imported only when asked for, so the converter and tools start fast.
 _LAZY = {

@@ -136,9 +136,9 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from mmpool.ops.sizing import plan
+    from mmpool.ops.sizing import size_run
 
-    result = plan(
+    result = size_run(
         args.dirs,
         args.max_memory_gb,
         args.pool_size,

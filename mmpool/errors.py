@@ -21,3 +21,11 @@ class MemoryLimitExceeded(MmpoolError, MemoryError):
     The constructor takes one message string so that torch's DataLoader can re-raise it in the
     main process when a worker raises it.
     """
+
+
+def check_int(name: str, value: object, minimum: int) -> None:
+    """A ConfigError naming the parameter unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    import numpy as np  # here, not at the top: importing the exceptions stays free of numpy
+
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}={value!r}: must be an integer >= {minimum}")

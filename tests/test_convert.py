@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mmpool.convert.converter import ConvertSummary, convert, parse_size, plan_packs
+from mmpool.convert.converter import ConvertSummary, convert, group_into_packs, parse_size
 from mmpool.convert.legacy import scan_shard
 from mmpool.errors import ConfigError, ShardError
 from mmpool.format.manifest import NPY_HEADER_BYTES, read_manifest
@@ -141,9 +141,9 @@ def test_plan_packs_groups_consecutive_shards(tmp_path: Path) -> None:
     for n, r in enumerate([10, 10, 10, 35, 5]):
         write_legacy_shard(src / f"s{n}.npz", expected(n, r))
         infos.append(scan_shard(src / f"s{n}.npz", n))
-    groups = plan_packs(infos, 100, 2000)
+    groups = group_into_packs(infos, 100, 2000)
     assert [[i.number for i in g] for g in groups] == [[0, 1], [2], [3], [4]]
-    assert [[i.number for i in g] for g in plan_packs(infos, 100, 10**9)] == [[0, 1, 2, 3, 4]]
+    assert [[i.number for i in g] for g in group_into_packs(infos, 100, 10**9)] == [[0, 1, 2, 3, 4]]
 
 
 @pytest.mark.parametrize(

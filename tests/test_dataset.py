@@ -204,7 +204,7 @@ def test_with_a_pool_drained_by_every_batch_shards_first_appear_in_activation_or
     ds = make(uneven_dirs, shard_ranges=["0-9", "all", "all"], pool_size=16, refill_threshold=1, batch_size=16)
     seen = first_appearances(ids_of(ds))
     cat = ds.catalog
-    run = RunSpec.from_config(ds._config(), 0, cat.shard_dir, cat.shard_rows)
+    run = RunSpec.from_config(ds.state_dict()["config"], 0, cat.shard_dir, cat.shard_rows)
     assert run.slice_rows == MIN_SLICE_ROWS
     order = list(dict.fromkeys(epoch_plan(cat.shard_dir, cat.shard_rows, run).segments[0].shard.tolist()))
     assert seen == list(zip(cat.shard_dir[order].tolist(), cat.shard_number[order].tolist()))

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from mmpool import StreamIterator
 from mmpool.errors import ConfigError, MemoryLimitExceeded
-from mmpool.ops.sizing import plan
+from mmpool.ops.sizing import size_run
 from mmpool.sampling.entries import MAX_ROWS, MAX_SHARDS, check_limits
 from mmpool.store.catalog import Catalog
 from mmpool.store.gather import fd_count
@@ -180,7 +180,7 @@ def test_a_missing_directory_is_the_same_error_in_dataset_plan_and_cli(
 
     missing = tmp_path / "nowhere"
     messages = []
-    for call in (lambda: StreamingMixedShardDataset([missing]), lambda: plan([missing])):
+    for call in (lambda: StreamingMixedShardDataset([missing]), lambda: size_run([missing])):
         with pytest.raises(ConfigError) as err:
             call()
         messages.append(str(err.value))

@@ -12,7 +12,7 @@ import pytest
 
 from mmpool.sampling.entries import row_of, shard_of, sym_of
 from mmpool.sampling.pool import MAX_RUNS, IndexPool
-from mmpool.sampling.schedule import MAX_SLICES, Segments, activation_order, interleave, plan_epoch
+from mmpool.sampling.schedule import MAX_SLICES, Segments, activation_order, interleave, split_epoch
 
 
 def catalog(shards: list[int], rows: list[int] | list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +102,7 @@ def test_plan_splits_every_shard_into_contiguous_blocks(participants: int, seed:
     rng = np.random.default_rng(100 + seed)
     shard_dir, shard_rows = random_catalog(rng)
     w = record_weights(shard_dir, shard_rows)
-    plans, quota = plan_epoch(shard_dir, shard_rows, w, participants)
+    plans, quota = split_epoch(shard_dir, shard_rows, w, participants)
     total = int(shard_rows.sum())
     assert all(p.positions == quota for p in plans)
     dropped = total - quota * participants
@@ -129,7 +129,7 @@ def test_plan_gives_each_rank_one_contiguous_block_of_every_shard() -> None:
     """Rank-major participants (rank * workers + worker): the workers of a rank together read one contiguous block."""
     shard_dir, shard_rows = catalog([5, 3], [1000, 777])
     ranks, workers = 2, 3
-    plans, quota = plan_epoch(shard_dir, shard_rows, record_weights(shard_dir, shard_rows), ranks * workers)
+    plans, quota = split_epoch(shard_dir, shard_rows, record_weights(shard_dir, shard_rows), ranks * workers)
     dropped = int(shard_rows.sum()) - quota * ranks * workers
     assert dropped > 0  # the total is not divisible: the cut runs too
     gaps = 0
@@ -150,7 +150,7 @@ def test_plan_gives_each_rank_one_contiguous_block_of_every_shard() -> None:
 def test_plan_cut_takes_exactly_max_positions_from_the_front_of_the_order(max_positions: int) -> None:
     shard_dir, shard_rows = catalog([12, 4], [500, 500])
     w = np.array([0.75, 0.25])
-    plans, quota = plan_epoch(shard_dir, shard_rows, w, 1, max_positions)
+    plans, quota = split_epoch(shard_dir, shard_rows, w, 1, max_positions)
     want = min(max_positions, 8000)
     assert quota == plans[0].positions == want
     order = activation_order(shard_dir, shard_rows, w)
@@ -317,7 +317,7 @@ def test_interleave_keeps_each_directory_in_order_and_every_prefix_within_a_slic
     shard_dir, shard_rows = random_catalog(rng)
     w = rng.random(shard_dir.max() + 1) + 0.05
     w /= w.sum()
-    whole = plan_epoch(shard_dir, shard_rows, w, 1)[0][0]
+    whole = split_epoch(shard_dir, shard_rows, w, 1)[0][0]
     sliced = interleave(whole, shard_dir, w, 16)
 
     def rows_by_dir(s: Segments) -> list[list[tuple[int, int]]]:

@@ -74,7 +74,7 @@ class Adapt:
                 )
         return {name: _fill_value(name, text, specs[name][0]) for name, text in self.fill.items()}
 
-    def plan(self, ref: Schema, fields: Fields, where: str, ref_where: str) -> tuple[str, ...]:
+    def steps(self, ref: Schema, fields: Fields, where: str, ref_where: str) -> tuple[str, ...]:
         """What to do to a shard with ``fields`` to give it ``ref``'s schema (the manifest's ``adapted`` list).
 
         Raises ConfigError naming every difference no flag resolves, both sides' dtype and shape, and the flag
@@ -156,7 +156,7 @@ def apply(
 ) -> dict[str, np.ndarray]:
     """A shard's arrays in the reference's fields: padded with zeros, filled, extra fields left out.
 
-    Only call after ``Adapt.plan`` accepted the shard."""
+    Only call after ``Adapt.steps`` accepted the shard."""
     out: dict[str, np.ndarray] = {}
     for name, (dtype, shape) in ref.field_specs().items():
         arr = arrays.get(name)

@@ -2,7 +2,7 @@
 
 Phases: list and number the inputs (``mmpool.convert.sources``), scan every new shard's header or game's first bytes
 (cheap, so a bad directory fails before anything is written), fix the reference schema and what each shard needs
-to take it (``mmpool.convert.adapt``), plan packs of consecutive new shards, then convert pack by pack. The manifest is rewritten after each committed pack, so a
+to take it (``mmpool.convert.adapt``), group consecutive new shards into packs, then convert pack by pack. The manifest is rewritten after each committed pack, so a
 killed run keeps what it finished and a rerun converts only the rest.
 """
 
@@ -69,7 +69,7 @@ class ConvertSummary:
 
 
 @dataclass(frozen=True)
-class ShardPlan:
+class ShardJob:
     """One shard to write: a legacy file (``info``) or consecutive lc0 games (``games``), and what to do to its
     fields to give it the directory's schema (``adapted``). Picklable, holds no data."""
 
@@ -94,7 +94,7 @@ class PackTask:
     path: Path
     kind: str
     schema: Schema
-    shards: tuple[ShardPlan, ...]
+    shards: tuple[ShardJob, ...]
     allow_nonfinite: bool
     fill: dict[str, np.ndarray]
 
@@ -117,37 +117,37 @@ def parse_size(size: int | str) -> int:
     return value
 
 
-def plan_packs(shards: list[ShardPlan], itemsize: int, pack_size: int) -> list[list[ShardPlan]]:
+def group_into_packs(shards: list[ShardJob], itemsize: int, pack_size: int) -> list[list[ShardJob]]:
     """Group consecutive shards into packs of at most ``pack_size`` record bytes (a larger shard gets its own)."""
-    groups: list[list[ShardPlan]] = []
-    current: list[ShardPlan] = []
+    groups: list[list[ShardJob]] = []
+    current: list[ShardJob] = []
     size = 0
-    for plan in shards:
-        nbytes = plan.rows * itemsize
+    for job in shards:
+        nbytes = job.rows * itemsize
         if current and size + nbytes > pack_size:
             groups.append(current)
             current, size = [], 0
-        current.append(plan)
+        current.append(job)
         size += nbytes
     if current:
         groups.append(current)
     return groups
 
 
-def _shard_arrays(plan: ShardPlan, allow_nonfinite: bool) -> dict[str, np.ndarray] | np.ndarray:
+def _shard_arrays(job: ShardJob, allow_nonfinite: bool) -> dict[str, np.ndarray] | np.ndarray:
     """A shard's source data, read and checked (in the worker process that writes its pack): arrays by field, or
     for lc0 games the records themselves, in the aligned layout of their version."""
-    if plan.info is not None:
-        arrays = read_shard(plan.info)
+    if job.info is not None:
+        arrays = read_shard(job.info)
         if not allow_nonfinite:
-            check_finite(arrays, plan.info.path)
+            check_finite(arrays, job.info.path)
         return arrays
     # The aligned record has the packed struct's offsets (lc0 aligns every field), plus tail padding: one
     # strided byte copy per game instead of one copy per field.
-    records = np.zeros(plan.rows, dtype=Schema.from_fields(plan.fields).dtype)
-    raw = records.view(np.uint8).reshape(plan.rows, -1)
+    records = np.zeros(job.rows, dtype=Schema.from_fields(job.fields).dtype)
+    raw = records.view(np.uint8).reshape(job.rows, -1)
     first = 0
-    for game in plan.games:
+    for game in job.games:
         packed = lc0.read_game(game, allow_nonfinite)
         raw[first : first + game.rows, : packed.dtype.itemsize] = packed.view(np.uint8).reshape(game.rows, -1)
         first += game.rows
@@ -161,23 +161,23 @@ def convert_pack(task: PackTask, on_rows: Callable[[int], None] | None = None) -
     """
 
     def shards() -> Iterator[tuple[int, str, dict[str, np.ndarray] | np.ndarray]]:
-        for plan in task.shards:
-            arrays = _shard_arrays(plan, task.allow_nonfinite)
-            if plan.adapted:
+        for job in task.shards:
+            arrays = _shard_arrays(job, task.allow_nonfinite)
+            if job.adapted:
                 if isinstance(arrays, np.ndarray):
                     arrays = {name: arrays[name] for name in arrays.dtype.names or ()}
-                arrays = adapt.apply(arrays, task.schema, task.fill, plan.rows)
-            yield plan.number, plan.source, arrays
+                arrays = adapt.apply(arrays, task.schema, task.fill, job.rows)
+            yield job.number, job.source, arrays
             if on_rows is not None:
-                on_rows(plan.rows)
+                on_rows(job.rows)
 
     pack, entries = write_pack(task.path, task.kind, task.schema, task.rows, shards())  # type: ignore[arg-type]
     log.debug("wrote %s: %d shards, %d records", task.path, len(entries), task.rows)
     return pack, [replace(e, adapted=p.adapted) for e, p in zip(entries, task.shards)]
 
 
-def _legacy_plans(src: Path, files: list[str], old: Manifest | None, order: str) -> tuple[list[ShardPlan], str]:
-    """Scan the legacy files not yet converted and number them; returns their plans and the numbering rule."""
+def _legacy_jobs(src: Path, files: list[str], old: Manifest | None, order: str) -> tuple[list[ShardJob], str]:
+    """Scan the legacy files not yet converted and number them; returns their jobs and the numbering rule."""
     known = {s.source: s.number for s in old.shards} if old else {}
     gone = sorted(set(known) - set(files))
     if gone:
@@ -190,16 +190,16 @@ def _legacy_plans(src: Path, files: list[str], old: Manifest | None, order: str)
             known[gone[0]],
         )
     numbers, rule = number_files(files, known, old.numbering if old else None, order, src)
-    plans = []
+    jobs = []
     for name, number in sorted(numbers.items(), key=lambda item: item[1]):
         info = scan_shard(src / name, number)
-        plans.append(ShardPlan(number, name, info.rows, info.fields, info=info))
-    return plans, rule
+        jobs.append(ShardJob(number, name, info.rows, info.fields, info=info))
+    return jobs, rule
 
 
-def _game_plans(
+def _game_jobs(
     src: Path, dst: Path, files: list[str], old: Manifest | None, order: str, rows_per_shard: int
-) -> tuple[list[ShardPlan], str]:
+) -> tuple[list[ShardJob], str]:
     """Scan the lc0 games not yet converted and group them, in ``order``, into shards of about
     ``rows_per_shard`` rows (whole games; a shard holds one record version), numbered after the existing ones."""
     known = {name for parts in (read_sources(dst, old).values() if old else ()) for name, _ in parts}
@@ -208,7 +208,7 @@ def _game_plans(
     scanned = [
         lc0.scan_game(games[name]) for name in tqdm(ordered, desc="scan", unit="game", disable=len(ordered) < 1000)
     ]
-    plans: list[ShardPlan] = []
+    jobs: list[ShardJob] = []
     number = max((s.number for s in old.shards), default=-1) + 1 if old else 0
     group: list[lc0.Game] = []
     for k, game in enumerate(scanned):
@@ -216,22 +216,22 @@ def _game_plans(
         last = k + 1 == len(scanned)
         if last or sum(g.rows for g in group) >= rows_per_shard or scanned[k + 1].version != game.version:
             rows = sum(g.rows for g in group)
-            plans.append(ShardPlan(number, group[0].name, rows, lc0.fields_of(game.version), games=tuple(group)))
+            jobs.append(ShardJob(number, group[0].name, rows, lc0.fields_of(game.version), games=tuple(group)))
             number, group = number + 1, []
-    if plans:
+    if jobs:
         log.info(
             "%s: %d new games in %d shards, numbered from %d in %s order",
             src,
             len(scanned),
-            len(plans),
-            plans[0].number,
+            len(jobs),
+            jobs[0].number,
             order,
         )
-    return plans, f"order:{order}"
+    return jobs, f"order:{order}"
 
 
 def _reference(
-    plans: list[ShardPlan], old: Manifest | None, like: Path | None, flags: adapt.Adapt, dst: Path, src: Path
+    jobs: list[ShardJob], old: Manifest | None, like: Path | None, flags: adapt.Adapt, dst: Path, src: Path
 ) -> tuple[Schema, str]:
     """The schema every shard must take, and how messages name it: the existing manifest's, else ``like``'s,
     else the first shard's (without the fields to drop)."""
@@ -246,7 +246,7 @@ def _reference(
         return old.schema, str(dst / MANIFEST_NAME)
     if theirs is not None:
         return theirs.schema, f"{Path(like) / MANIFEST_NAME} (--like)"  # type: ignore[arg-type]
-    first = plans[0]
+    first = jobs[0]
     return Schema.from_fields(flags.reference(first.fields)), f"the first shard {str(src / first.source)!r}"
 
 
@@ -334,9 +334,9 @@ def convert(
             f"or use another directory for {fmt}"
         )
     if games:
-        new, numbering = _game_plans(src, dst, files, old, order, rows_per_shard)
+        new, numbering = _game_jobs(src, dst, files, old, order, rows_per_shard)
     else:
-        new, numbering = _legacy_plans(src, files, old, order)
+        new, numbering = _legacy_jobs(src, files, old, order)
     # Converted inputs still there: legacy files by name; for games, the shards already in the manifest.
     converted = (len(files) - len(new)) if not games else (len(old.shards) if old else 0)
     log.info("%s: %d shards, %d already converted, %d to convert", src, converted + len(new), converted, len(new))
@@ -351,7 +351,7 @@ def convert(
         return ConvertSummary(0, converted, 0, 0, time.perf_counter() - start, 0.0, 0)
     schema, ref_where = _reference(new, old, Path(like) if like is not None else None, flags, dst, src)
     fill_values = flags.check(schema, ref_where)
-    new = [replace(p, adapted=flags.plan(schema, p.fields, repr(str(src / p.source)), ref_where)) for p in new]
+    new = [replace(p, adapted=flags.steps(schema, p.fields, repr(str(src / p.source)), ref_where)) for p in new]
     adapted = sum(1 for p in new if p.adapted)
     if adapted:
         log.info(
@@ -369,7 +369,7 @@ def convert(
         PackTask(
             dst / f"pack-{next_pack + k:05d}{PACK_SUFFIX[fmt]}", fmt, schema, tuple(group), allow_nonfinite, fill_values
         )
-        for k, group in enumerate(plan_packs(new, schema.itemsize, pack_size))
+        for k, group in enumerate(group_into_packs(new, schema.itemsize, pack_size))
     ]
     by_path = {t.path.name: t for t in tasks}
     packs = list(old.packs) if old else []

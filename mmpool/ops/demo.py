@@ -243,7 +243,7 @@ def _train(
     from torch.utils.data import DataLoader
 
     from mmpool.augment.dihedral import Dihedral
-    from mmpool.sampling.schedule import plan_epoch
+    from mmpool.sampling.schedule import split_epoch
     from mmpool.stream.dataset import StreamingMixedShardDataset
     from mmpool.stream.memory import measure
 
@@ -264,7 +264,7 @@ def _train(
     )
     cat = ds.catalog
     first_global = np.concatenate([[0], np.cumsum(cat.shards_per_dir())])  # selected shards are 0..n-1 per dir
-    _, quota = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, max(1, workers))
+    _, quota = split_epoch(cat.shard_dir, cat.shard_rows, cat.weights, max(1, workers))
     expected = quota * max(1, workers) * factor
 
     threads = torch.get_num_threads()

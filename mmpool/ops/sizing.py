@@ -1,7 +1,7 @@
 """Planning a run before it starts: how large a pool fits under a memory cap, what it costs, what it maps, and how
 long it takes to build.
 
-    plan(dirs, max_memory_gb=5, pool_size=None, workers=0, batch_size=1024) -> Plan   (``mmpool plan DIR...``)
+    size_run(dirs, max_memory_gb=5, pool_size=None, workers=0, batch_size=1024) -> Sizing   (``mmpool plan DIR...``)
 
 Memory is counted the way the running stream counts it (``mmpool.stream.memory``): anonymous memory of the training process
 and its DataLoader workers. The baseline is this process with torch imported. A forked worker shares the parent's
@@ -28,6 +28,7 @@ The build time is the time of the first fill of one participant's pool, calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import mmap
@@ -39,14 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpool.errors import ConfigError
+from mmpool.config import BATCH_BUFFERS, PREFETCH_BATCHES, StreamConfig
+from mmpool.errors import check_int
 from mmpool.sampling.entries import ENTRY_BYTES
-from mmpool.sampling.pool import IndexPool, default_threshold, participant_pool, pool_capacity
-from mmpool.sampling.schedule import Segments, interleave, plan_epoch, slice_rows
-from mmpool.store.catalog import Catalog, Weights
+from mmpool.sampling.pool import IndexPool, participant_pool, pool_capacity
+from mmpool.sampling.schedule import Segments, Weights, interleave, slice_rows, split_epoch
+from mmpool.store.catalog import Catalog
 from mmpool.store.gather import ShardStore
 from mmpool.store.pagecache import cache_limit
-from mmpool.stream.memory import BATCH_BUFFERS, GIB, PREFETCH_BATCHES, anon_bytes, batch_buffer_bytes
+from mmpool.stream.memory import GIB, anon_bytes
 
 HEADROOM = 32 << 20  # left free under the cap: what a process allocates between this plan and the pool
 # What a DataLoader worker writes of its own (pages copied on write, its interpreter's allocations), pool aside:
@@ -57,7 +59,7 @@ _CALIBRATE = (1 << 20, 1 << 22)
 
 
 @dataclass(frozen=True)
-class Plan:
+class Sizing:
     """The figures of one configuration (per rank). Bytes are bytes, times are seconds."""
 
     dirs: list[str]
@@ -209,7 +211,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def plan(
+def size_run(
     dirs: Sequence[str | Path],
     max_memory_gb: float = 5.0,
     pool_size: int | None = None,
@@ -225,43 +227,43 @@ def plan(
     baseline_gb: float | None = None,
     seed: int = 0,
     probe_seconds: float = 0.0,
-) -> Plan:
-    """Plan one rank of a StreamingMixedShardDataset run over ``dirs`` (see the module docstring).
+) -> Sizing:
+    """Size one rank of a StreamingMixedShardDataset run over ``dirs`` (see the module docstring).
 
     ``pool_size`` None plans the largest pool that fits, but no larger than the entries of an epoch.
     ``baseline_gb`` None measures this process, with torch imported (a training process imports it anyway).
     ``probe_seconds`` > 0 reads random batches of records for about that long (the expected disk-bound rate).
     """
-    if not (isinstance(max_memory_gb, (int, float)) and math.isfinite(max_memory_gb) and max_memory_gb > 0):
-        raise ConfigError(f"max_memory_gb={max_memory_gb!r}: must be a positive number of GiB")
-    for name, value, low in (
-        ("workers", workers, 0),
-        ("batch_size", batch_size, 1),
-        ("factor", factor, 1),
-        ("world_size", world_size, 1),
-        ("max_open_packs", max_open_packs, 1),
-    ):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
-    if pool_size is not None and (not isinstance(pool_size, (int, np.integer)) or pool_size < 2):
-        raise ConfigError(f"pool_size={pool_size!r}: must be an integer >= 2")
-    cat = Catalog(dirs, shard_ranges, weights)
+    check_int("workers", workers, 0)
+    check_int("factor", factor, 1)
+    # The dataset's own checks of the parameters they share (pool_size and refill_threshold again once known).
+    config = StreamConfig(
+        tuple(str(d) for d in dirs),
+        shard_ranges,
+        pool_size=2 if pool_size is None else pool_size,
+        refill_threshold=None if pool_size is None else refill_threshold,
+        max_memory_gb=max_memory_gb,
+        random_seed=seed,
+        batch_size=batch_size,
+        weights=weights,
+        rank=0,
+        world_size=world_size,
+        max_open_packs=max_open_packs,
+    )
+    cat = Catalog(config.data_dirs, shard_ranges, weights)
     cap = int(max_memory_gb * GIB)
     parts = max(1, workers)
-    segments, _ = plan_epoch(cat.shard_dir, cat.shard_rows, cat.weights, world_size * parts)
+    segments, _ = split_epoch(cat.shard_dir, cat.shard_rows, cat.weights, world_size * parts)
     mine = segments[:parts]  # rank 0's participants; every rank's are as large, to a row
     baseline = _baseline() if baseline_gb is None else int(baseline_gb * GIB)
-    batch_bytes = batch_buffer_bytes(batch_size, cat.schema.itemsize, PREFETCH_BATCHES)
+    batch_bytes = config.batch_buffer_bytes(cat.schema.itemsize)
     worker_bytes = WORKER_BYTES if _pss_counted() else baseline + WORKER_BYTES
     max_pool = max(0, (cap - HEADROOM - baseline - workers * worker_bytes - parts * batch_bytes) // ENTRY_BYTES)
     epoch_entries = sum(s.positions for s in mine) * factor
     if pool_size is None:
         pool_size = max(2, min(max_pool, epoch_entries))
-    pool_size = int(pool_size)
-    if refill_threshold is None:
-        refill_threshold = default_threshold(pool_size)
-    if not 1 <= refill_threshold < pool_size:
-        raise ConfigError(f"refill_threshold={refill_threshold} must be at least 1 and below pool_size={pool_size}")
+    config = dataclasses.replace(config, pool_size=int(pool_size), refill_threshold=refill_threshold)
+    pool_size, refill_threshold = config.pool_size, config.threshold
     # As the dataset splits them: each participant's pool is a share of the rank's, never above its epoch.
     share, threshold = participant_pool(pool_size, refill_threshold, parts)
     capacity = [pool_capacity(share, s.positions, factor) for s in mine]
@@ -271,7 +273,7 @@ def plan(
     build = _fill_seconds(capacity[0], fill_ns) * -(-parts // max(1, os.cpu_count() or 1))
     limit = cache_limit()
     probe = _probe(cat, batch_size, probe_seconds, seed) if probe_seconds > 0 else (None, None)
-    return Plan(
+    return Sizing(
         dirs=[str(d) for d in cat.dirs],
         records=int(cat.shard_rows.sum()),
         shards=cat.num_shards,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mmpool.sampling.base import PoolSpec, ReadAhead
 from mmpool.sampling.entries import ROW_SHIFT, SHARD_SHIFT, shard_of
 from mmpool.sampling.schedule import Segments
 
@@ -332,3 +333,18 @@ class IndexPool(PoolCounts):
                 self.on_activate(g, lo, self.shard_end(g))
             written += (hi - lo) * k
         return written
+
+
+class UniformMix:
+    """``mix="pool"``: one pool per participant, every draw uniform over all of it."""
+
+    def pool(
+        self, spec: PoolSpec, seed: np.random.SeedSequence, num_shards: int, on_activate: ReadAhead | None
+    ) -> IndexPool:
+        rng = np.random.default_rng(seed)
+        return IndexPool(
+            spec.segments, spec.capacity, spec.threshold, spec.factor, rng, num_shards, on_activate, spec.preloaded()
+        )
+
+    def counts(self, spec: PoolSpec) -> PoolCounts:
+        return PoolCounts(spec.segments, spec.capacity, spec.threshold, spec.factor, spec.preloaded_count)

@@ -6,9 +6,15 @@ without talking to the others, and a resumed run recomputes it exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+from mmpool.errors import ConfigError
+
+Weights = Literal["shards", "records"] | Sequence[float]  # how directories are weighted (see dir_weights)
 
 
 def activation_order(shard_dir: np.ndarray, shard_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -53,7 +59,7 @@ class Segments:
         return int((self.hi - self.lo).sum())
 
 
-def plan_epoch(
+def split_epoch(
     shard_dir: np.ndarray,
     shard_rows: np.ndarray,
     weights: np.ndarray,
@@ -192,3 +198,20 @@ def assign_blocks(pieces: Segments, piece_unit: np.ndarray, sizes: np.ndarray, k
         Segments(pieces.shard[piece][i], lo[i], hi[i])
         for i in (by_owner[bounds[q] : bounds[q + 1]] for q in range(participants))
     ]
+
+
+def dir_weights(weights: Weights, shard_dir: np.ndarray, shard_rows: np.ndarray, num_dirs: int) -> np.ndarray:
+    """Normalised directory weights: ``"shards"`` (selected shards per directory), ``"records"``, or one number
+    per directory."""
+    if isinstance(weights, str):
+        if weights == "shards":
+            w = np.bincount(shard_dir, minlength=num_dirs).astype(np.float64)
+        elif weights == "records":
+            w = np.bincount(shard_dir, weights=shard_rows, minlength=num_dirs).astype(np.int64).astype(np.float64)
+        else:
+            raise ConfigError(f"weights={weights!r}: use 'shards', 'records' or one number per directory")
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (num_dirs,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ConfigError(f"weights={list(weights)!r}: give one positive finite number per directory ({num_dirs})")
+    return w / w.sum()

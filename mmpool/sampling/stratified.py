@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mmpool.sampling.base import PoolSpec, ReadAhead
 from mmpool.sampling.entries import shard_of
 from mmpool.sampling.pool import IndexPool, PoolCounts
 from mmpool.sampling.schedule import Segments, join
@@ -182,3 +183,38 @@ def split_preloaded(preloaded: np.ndarray, shard_dir: np.ndarray, num_dirs: int)
     """Preloaded entries (a continued epoch) split by the directory of their shard, each in its order."""
     d = shard_dir[shard_of(preloaded)]
     return [preloaded[d == k] for k in range(num_dirs)]
+
+
+class StratifiedMix:
+    """``mix="stratified"``: a sub-pool per directory, its capacity and threshold the pool's by weight."""
+
+    def pool(
+        self, spec: PoolSpec, seed: np.random.SeedSequence, num_shards: int, on_activate: ReadAhead | None
+    ) -> StratifiedPool:
+        seeds = seed.spawn(len(spec.weights))
+        subs = [
+            IndexPool(segs, cap, threshold, spec.factor, np.random.default_rng(s), num_shards, on_activate, pre)
+            for s, (segs, cap, threshold, pre) in zip(seeds, _by_directory(spec))
+        ]
+        return StratifiedPool(subs, spec.weights)
+
+    def counts(self, spec: PoolSpec) -> StratifiedPool:
+        # Each directory's share of the preloaded entries: the entries themselves tell (their shard's directory).
+        subs = [
+            PoolCounts(segs, cap, threshold, spec.factor, len(pre)) for segs, cap, threshold, pre in _by_directory(spec)
+        ]
+        return StratifiedPool(subs, spec.weights)
+
+
+def _by_directory(spec: PoolSpec) -> list[tuple[Segments, int, int, np.ndarray]]:
+    """Per directory: its segments, its sub-pool's capacity and threshold (the pool's, by weight), and its
+    preloaded entries."""
+    num_dirs = len(spec.weights)
+    return list(
+        zip(
+            by_directory(spec.segments, spec.shard_dir, num_dirs),
+            split_capacity(spec.capacity, spec.weights, spec.factor),
+            split_capacity(spec.threshold, spec.weights, 1),
+            split_preloaded(spec.preloaded(), spec.shard_dir, num_dirs),
+        )
+    )

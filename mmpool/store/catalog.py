@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from mmpool.errors import ConfigError
 from mmpool.format.manifest import Manifest, PackEntry, Schema, check_pack_file, read_manifest
 from mmpool.sampling.entries import check_limits
+from mmpool.sampling.schedule import Weights, dir_weights
 from mmpool.store.ranges import select, to_range
-
-Weights = Literal["shards", "records"] | Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -118,23 +116,6 @@ class Catalog:
                     f"{self.dirs[0]}:\n{first.describe()}\n{d}:\n{m.schema.describe()}"
                 )
         return first
-
-
-def dir_weights(weights: Weights, shard_dir: np.ndarray, shard_rows: np.ndarray, num_dirs: int) -> np.ndarray:
-    """Normalised directory weights: ``"shards"`` (selected shards per directory), ``"records"``, or one number
-    per directory."""
-    if isinstance(weights, str):
-        if weights == "shards":
-            w = np.bincount(shard_dir, minlength=num_dirs).astype(np.float64)
-        elif weights == "records":
-            w = np.bincount(shard_dir, weights=shard_rows, minlength=num_dirs).astype(np.int64).astype(np.float64)
-        else:
-            raise ConfigError(f"weights={weights!r}: use 'shards', 'records' or one number per directory")
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (num_dirs,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
-            raise ConfigError(f"weights={list(weights)!r}: give one positive finite number per directory ({num_dirs})")
-    return w / w.sum()
 
 
 def _differences(a: Schema, b: Schema) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mmpool.errors import ConfigError, ShardError
+from mmpool.errors import ConfigError, ShardError, check_int
 from mmpool.format.manifest import HDF5_DATASET
 from mmpool.sampling.entries import row_of, shard_of
 from mmpool.store.catalog import Catalog, PackRef
@@ -138,8 +138,7 @@ class ShardStore:
         cold_hints: bool = True,
         factor: int = 1,
     ) -> None:
-        if not isinstance(max_open_packs, (int, np.integer)) or isinstance(max_open_packs, bool) or max_open_packs < 1:
-            raise ConfigError(f"max_open_packs={max_open_packs!r}: must be an integer >= 1")
+        check_int("max_open_packs", max_open_packs, 1)
         if read_ahead_bytes is not None and read_ahead_bytes < 0:
             raise ConfigError(f"read_ahead_bytes={read_ahead_bytes}: must be at least 0")
         self.catalog = catalog

@@ -4,6 +4,7 @@ The dataset is configuration; each ``iter(dataset)`` builds a StreamIterator tha
 (the mapped packs), its memory guard and its position. Two live iterators never disturb each other, and an
 iterator that is closed, exhausted, or dropped (a loop left early) unmaps its packs at once.
 
+The iterator reads its parameters from the ``StreamConfig`` the dataset hands it, never from the dataset.
 Follow one batch through ``_Stream._batch``: ``IndexPool.draw`` hands out packed ``(shard, row, symmetry)``
 entries; ``ShardStore.gather`` copies their records out of the mapped packs; the augmentation transforms them by
 symmetry id; the user's ``transform`` runs; the fields become torch tensors. Everything before the gather is
@@ -16,76 +17,27 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from mmpool.config import StreamConfig
+from mmpool.sampling.base import Pool
 from mmpool.sampling.entries import ENTRY_BYTES, shard_of, sym_of
-from mmpool.sampling.plan import Plan, Pool, RunSpec, continued_plan, epoch_plan, origin_remainder
+from mmpool.sampling.plan import Plan, RunSpec, continued_plan, epoch_plan
 from mmpool.sampling.pool import participant_pool
+from mmpool.sampling.remainder import origin_remainder
 from mmpool.store.catalog import Catalog
 from mmpool.store.gather import ShardStore
+from mmpool.stream.games import GameKey
 from mmpool.stream.memory import GIB, MemoryGuard
 from mmpool.stream.prefetcher import Prefetcher
+from mmpool.stream.resume import Position
 from mmpool.stream.stats import BatchCounts, Slot
-
-if TYPE_CHECKING:
-    from mmpool.stream.dataset import StreamingMixedShardDataset
+from mmpool.stream.tensors import Batch, to_tensors
+from mmpool.stream.world import Participant
 
 log = logging.getLogger("mmpool")
-Batch = dict[str, torch.Tensor]
-
-
-@dataclass
-class Position:
-    """Where an iteration is: the epoch it is in, the epoch it started at, items yielded in this epoch, and which
-    DataLoader worker of how many runs it (0 of 0 in the main process). The PROGRESS_KEYS of a state; after an
-    elastic resume also the ``origin`` (``mmpool.sampling.plan.collect``) of the epoch it continues."""
-
-    epoch: int
-    start: int
-    items: int
-    worker: int
-    num_workers: int
-    origin: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "epoch": self.epoch,
-            "start": self.start,
-            "items": self.items,
-            "worker": self.worker,
-            "num_workers": self.num_workers,
-        }
-        if self.continues():
-            out["origin"] = self.origin
-        return out
-
-    def continues(self) -> bool:
-        """Whether this epoch is the rest of one that a run of another shape began."""
-        return self.origin is not None and self.origin["epoch"] == self.epoch
-
-
-@dataclass(frozen=True)
-class Participant:
-    """Who iterates: rank of world_size, DataLoader worker of workers (0 of 1 in the main process)."""
-
-    rank: int
-    world_size: int
-    worker: int
-    workers: int
-    in_worker: bool
-
-    @property
-    def index(self) -> int:
-        return self.rank * self.workers + self.worker
-
-    @property
-    def count(self) -> int:
-        return self.world_size * self.workers
 
 
 class StreamIterator(Iterator[Batch]):
@@ -101,14 +53,16 @@ class StreamIterator(Iterator[Batch]):
 
     def __init__(
         self,
-        dataset: StreamingMixedShardDataset,
+        config: StreamConfig,
+        catalog: Catalog,
         who: Participant,
         begin: Callable[[], tuple[Catalog, Position]],
         slot: Slot,
         refresh: Callable[[int, Catalog], Catalog] | None,
+        game_key: GameKey | None = None,
     ) -> None:
-        depth = dataset.prefetch_batches if dataset.batch_size is not None else 0
-        self._stream = _Stream(dataset, who, begin, slot, refresh, prefetching=depth > 0)
+        depth = config.batches_ahead
+        self._stream = _Stream(config, catalog, who, begin, slot, refresh, game_key, prefetching=depth > 0)
         # The generator references the _Stream, never this object: dropping the iterator frees the generator at
         # once, which runs its ``finally`` and unmaps the packs (no reference cycle waiting for the GC).
         self._gen = self._stream.run()
@@ -171,14 +125,16 @@ class _Stream:
 
     def __init__(
         self,
-        ds: StreamingMixedShardDataset,
+        config: StreamConfig,
+        catalog: Catalog,
         who: Participant,
         begin: Callable[[], tuple[Catalog, Position]],
         slot: Slot,
         refresh: Callable[[int, Catalog], Catalog] | None,
+        game_key: GameKey | None,
         prefetching: bool = False,
     ) -> None:
-        self.ds = ds
+        self.config = config
         self.who = who
         self.prefetching = prefetching  # batches are made ahead: the position shown is a separate object
         self.shown: Position | None = None
@@ -187,17 +143,15 @@ class _Stream:
         self.begin = begin  # claims the epoch and the catalog, at the first item
         self.slot = slot
         self.refresh = refresh  # reads new shards between epochs (main process only), None where it must not
-        self.catalog = ds.catalog
+        self.catalog = catalog
         self.position: Position | None = None
-        self.store = ShardStore(ds.catalog, ds.max_open_packs, factor=ds.factor)
-        self.guard = MemoryGuard(int(ds.max_memory_gb * GIB), ds.memory_check_interval, in_worker=who.in_worker)
+        self.store = ShardStore(catalog, config.max_open_packs, factor=config.factor)
+        self.guard = MemoryGuard(int(config.max_memory_gb * GIB), config.memory_check_interval, who.in_worker)
         self.pool: Pool | None = None
-        self.augment = ds.augmentation if ds.enable_augmentation else None
-        self.game_key = ds.game_key
-        self.step = ds.batch_size or ds.chunk_size
+        self.game_key = game_key
 
     def run(self) -> Generator[Batch, None, None]:
-        ds = self.ds
+        config = self.config
         catalog, pos = self.begin()
         self.shown = pos  # the object the dataset's state_dict reads
         if self.prefetching:
@@ -206,13 +160,15 @@ class _Stream:
         self._use_catalog(catalog)
         try:
             skip = pos.items
-            while ds.num_epochs is None or pos.epoch < pos.start + ds.num_epochs:
+            while config.num_epochs is None or pos.epoch < pos.start + config.num_epochs:
                 yield from self._epoch(skip)
                 if self.between_epochs is not None:
                     self.between_epochs()
                 skip = 0
                 pos.epoch, pos.items = pos.epoch + 1, 0
-                if self.refresh is not None and (ds.num_epochs is None or pos.epoch < pos.start + ds.num_epochs):
+                if self.refresh is not None and (
+                    config.num_epochs is None or pos.epoch < pos.start + config.num_epochs
+                ):
                     self._use_catalog(self.refresh(pos.epoch, self.catalog))
         finally:
             self.pool = None
@@ -237,12 +193,13 @@ class _Stream:
         if catalog is not self.catalog:
             self.store.close()
             self.catalog = catalog
-            self.store = ShardStore(catalog, self.ds.max_open_packs, factor=self.ds.factor)
+            self.store = ShardStore(catalog, self.config.max_open_packs, factor=self.config.factor)
 
     def _epoch(self, skip: int) -> Generator[Batch, None, None]:
-        ds, cat, who, pos = self.ds, self.catalog, self.who, self.position
+        config, cat, who, pos = self.config, self.catalog, self.who, self.position
         assert pos is not None
-        run = RunSpec.from_config(ds._config(), who.workers, cat.shard_dir, cat.shard_rows)
+        state_config = config.state_config(who.rank, who.world_size)
+        run = RunSpec.from_config(state_config, who.workers, cat.shard_dir, cat.shard_rows)
         plan = self._plan(run)
         if plan.dropped and who.index == 0:
             log.warning(
@@ -255,7 +212,7 @@ class _Stream:
                 who.workers,
             )
         # A fast-forward reads no records, not even ahead: the rows still pooled are read ahead when it ends.
-        read_ahead = self._read_ahead if ds.prefetch else None
+        read_ahead = self._read_ahead if config.prefetch else None
         pool = self.pool = run.pool(plan, who.index, pos.epoch, cat.num_shards, None if skip else read_ahead)
         self.slot.start_epoch(pos.epoch, plan.dropped if who.index == 0 else 0, run.weights)
         del plan  # it keeps the old pools' leftovers it was dealt from; the pool has its share
@@ -270,13 +227,13 @@ class _Stream:
             who.index,
             who.count,
         )
-        per_item = ds.batch_size is not None
-        items, step = 0, self.step
+        per_item = config.batch_size is not None
+        items, step = 0, config.step
         while True:
             packed = pool.take(step, partial(self._refill, force_check=items >= skip))
             if pool.on_activate is None and read_ahead is not None and items + (1 if per_item else len(packed)) > skip:
                 pool.start_read_ahead(read_ahead)  # the fast-forward is over
-            if len(packed) == 0 or (ds.drop_last and per_item and len(packed) < step):
+            if len(packed) == 0 or (config.drop_last and per_item and len(packed) < step):
                 break
             if per_item:
                 items += 1
@@ -324,20 +281,15 @@ class _Stream:
         """pool entries -> records (store) -> augmentation -> transform -> tensors."""
         fields = self.store.gather(packed)
         counts = self._counts(packed, fields)
-        if self.augment is not None:
-            fields = self.augment.apply(fields, sym_of(packed))
-        if self.ds.transform is not None:
-            fields = self.ds.transform(fields)
+        if self.config.augment is not None:
+            fields = self.config.augment.apply(fields, sym_of(packed))
+        if self.config.transform is not None:
+            fields = self.config.transform(fields)
         if self.prefetching:
             self.counts = counts  # counted when the user takes the batch (show), not when it is made
         else:
             self.slot.count(counts)
-        if self.who.in_worker:
-            return as_tensors(fields)
-        return {
-            k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
-            for k, v in fields.items()
-        }
+        return to_tensors(fields, one_buffer=self.who.in_worker)
 
     def _counts(self, packed: np.ndarray, fields: dict[str, np.ndarray]) -> BatchCounts:
         """What the statistics count of a batch: examples per directory, distinct shards, and games (with a
@@ -379,8 +331,10 @@ class _Stream:
     def _context(self) -> str:
         """mmpool's own share of the memory counted, for the memory report."""
         pool = self.pool
-        entries = pool.capacity if pool is not None else participant_pool(self.ds.pool_size, None, self.who.workers)[0]
-        batch = self.ds.batch_buffer_bytes()
+        entries = (
+            pool.capacity if pool is not None else participant_pool(self.config.pool_size, None, self.who.workers)[0]
+        )
+        batch = self.config.batch_buffer_bytes(self.catalog.schema.itemsize)
         return (
             f"mmpool's own memory in this process: pool {entries} entries x {ENTRY_BYTES} B = "
             f"{entries * ENTRY_BYTES / GIB:.3f} GiB, batch buffers ~{batch / GIB:.3f} GiB; "
@@ -388,48 +342,3 @@ class _Stream:
             f"{pool.activated_shards if pool is not None else 0}; packs mapped {self.store.open_packs} "
             f"({self.store.mapped_bytes / GIB:.2f} GiB of address space, page cache, not counted)"
         )
-
-
-def as_tensors(fields: dict[str, Any]) -> Batch:
-    """Contiguous copies of the fields as torch tensors that are views of ONE buffer (used in DataLoader workers).
-
-    A worker hands each storage to the main process through a file-descriptor handshake of its own, the largest
-    per-batch cost there: one storage per batch instead of one per field makes a worker several times faster.
-    In the main process the plain per-field copies are cheaper (fewer torch calls).
-    """
-    arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in fields.items()}
-    offsets, size = [], 0
-    for v in arrays.values():
-        size = -(-size // 64) * 64  # every field starts 64-byte aligned
-        offsets.append(size)
-        size += v.nbytes
-    raw = np.empty(-(-size // 64) * 64, dtype=np.uint8)
-    buf = torch.from_numpy(raw)
-    typed: dict[torch.dtype, torch.Tensor] = {}  # the whole buffer viewed as each dtype needed
-    out = {}
-    for (name, v), at in zip(arrays.items(), offsets):
-        np.copyto(raw[at : at + v.nbytes].view(v.dtype).reshape(v.shape), v)
-        dtype = _torch_dtype(v.dtype)
-        whole = typed.get(dtype)
-        if whole is None:
-            whole = typed[dtype] = buf.view(dtype)
-        out[name] = whole.as_strided(v.shape, _contiguous_strides(v.shape), at // v.itemsize)
-    return out
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return strides[::-1]
-
-
-_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    found = _TORCH_DTYPES.get(dtype)
-    if found is None:
-        found = _TORCH_DTYPES[dtype] = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    return found

@@ -16,18 +16,11 @@ from typing import Any
 
 import psutil
 
-from mmpool.errors import MemoryLimitExceeded
+from mmpool.config import StreamConfig
+from mmpool.errors import ConfigError, MemoryLimitExceeded
+from mmpool.sampling.entries import ENTRY_BYTES
 
 GIB = 1 << 30
-# Gathered batch buffers a gathering process may hold at once (records, augmented copy, tensors, a spare): what the
-# dataset's up-front check and ``mmpool plan`` reserve besides the pool.
-BATCH_BUFFERS = 4
-PREFETCH_BATCHES = 2  # batches made ahead by default (the dataset's prefetch_batches)
-
-
-def batch_buffer_bytes(batch: int, itemsize: int, prefetched: int = 0) -> int:
-    """Bytes of the batch buffers one gathering process reserves (``prefetched``: batches prepared ahead)."""
-    return (BATCH_BUFFERS + prefetched) * batch * itemsize
 
 
 @dataclass(frozen=True)
@@ -142,3 +135,25 @@ def report(cap: int, procs: list[ProcessMemory], context: str) -> str:
         "  fix: raise max_memory_gb, lower pool_size, use fewer DataLoader workers, or free memory held elsewhere"
     )
     return "\n".join(lines)
+
+
+def refuse_if_pool_cannot_fit(config: StreamConfig, itemsize: int) -> None:
+    """Refuse up front a pool whose indices alone, with the batch buffers, cannot fit under the cap."""
+    cap = int(config.max_memory_gb * GIB)
+    pool = config.pool_size * ENTRY_BYTES
+    batch = config.batch_buffer_bytes(itemsize)
+    now = anon_bytes()
+    own = (
+        f"mmpool's own memory: pool {config.pool_size} entries x {ENTRY_BYTES} B = {pool / GIB:.3f} GiB, "
+        f"batch buffers ~{batch / GIB:.3f} GiB"
+    )
+    if now > cap:
+        raise MemoryLimitExceeded(report(cap, measure(), f"before building any pool; {own}"))
+    if now + pool + batch > cap:
+        fits = (cap - now - batch) // ENTRY_BYTES
+        raise ConfigError(
+            f"pool_size={config.pool_size} needs {pool / GIB:.3f} GiB for its indices; with {now / GIB:.2f} GiB "
+            f"already used by this process (the cap counts the whole training process) it cannot fit under "
+            f"max_memory_gb={config.max_memory_gb}. The largest pool that fits is about {max(0, fits)}; lower "
+            "pool_size or raise max_memory_gb"
+        )

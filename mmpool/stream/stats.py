@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmpool.sampling.base import Pool
+
 MAX_WORKERS = 64
 WINDOW = 10_000  # examples a share window spans (whole batches: the first batch that reaches it closes it)
 _PPM = 1_000_000  # window errors are kept as integer parts per million in the int64 table
@@ -107,7 +109,7 @@ class Slot:
             row[_WINDOWS] += 1
             self._window[:] = 0
 
-    def update_pool(self, pool) -> None:  # an IndexPool; not imported to keep this module free of the pool
+    def update_pool(self, pool: Pool) -> None:
         done = pool.shards_fully_activated()
         self.row[_REFILLS] = pool.refills
         self.row[_ACTIVATED] = pool.activated_shards

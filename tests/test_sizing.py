@@ -17,7 +17,7 @@ from mmpool.augment.dihedral import Dihedral
 from mmpool.cli import main
 from mmpool.convert.converter import convert
 from mmpool.errors import ConfigError
-from mmpool.ops.sizing import Plan, plan
+from mmpool.ops.sizing import Sizing, size_run
 from mmpool.stream.dataset import StreamingMixedShardDataset
 from mmpool.stream.memory import GIB, anon_bytes
 from mmpool.testing.synthetic import make_synthetic
@@ -48,7 +48,7 @@ def test_pool_bytes_match_the_pool_the_dataset_builds(
 ) -> None:
     import torch
 
-    p = plan(dirs, 5, pool_size=pool_size, workers=workers, batch_size=256, factor=factor, baseline_gb=0.2)
+    p = size_run(dirs, 5, pool_size=pool_size, workers=workers, batch_size=256, factor=factor, baseline_gb=0.2)
     aug = Dihedral() if factor > 1 else None
     ds = StreamingMixedShardDataset(dirs, pool_size=pool_size, batch_size=256, random_seed=0, augmentation=aug)
     loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
@@ -68,11 +68,11 @@ import torch
 from mmpool.augment.dihedral import Dihedral
 from mmpool.stream.dataset import StreamingMixedShardDataset
 from mmpool.stream.memory import measure
-from mmpool.ops.sizing import plan
+from mmpool.ops.sizing import size_run
 
 dirs, workers = sys.argv[1:3], int(sys.argv[3])
 pool = 1_600_000  # 12.8 MB: 240k positions x 8 symmetries hold it
-p = plan(dirs, 5, pool_size=pool, workers=workers, batch_size=256, factor=8)
+p = size_run(dirs, 5, pool_size=pool, workers=workers, batch_size=256, factor=8)
 before = sum(m.anon for m in measure())
 ds = StreamingMixedShardDataset(dirs, pool_size=pool, batch_size=256, augmentation=Dihedral(), random_seed=0)
 loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
@@ -111,7 +111,7 @@ def test_memory_growth_matches_the_plan(dirs: list[Path], workers: int) -> None:
 )
 def test_mapped_window_matches_the_store(dirs: list[Path], pool_size: int, factor: int, ranges) -> None:
     """The window replayed from the schedule against the store's mapped bytes at its widest over a real epoch."""
-    p = plan(dirs, 5, pool_size=pool_size, batch_size=256, factor=factor, shard_ranges=ranges, baseline_gb=0.2)
+    p = size_run(dirs, 5, pool_size=pool_size, batch_size=256, factor=factor, shard_ranges=ranges, baseline_gb=0.2)
     ds = StreamingMixedShardDataset(
         dirs,
         ranges,
@@ -134,18 +134,18 @@ def test_mapped_window_matches_the_store(dirs: list[Path], pool_size: int, facto
 
 def test_pool_that_fits_is_accepted_and_a_larger_one_refused(dirs: list[Path]) -> None:
     cap_gb = (anon_bytes() + (512 << 20)) / GIB
-    p = plan(dirs, cap_gb, batch_size=256)
+    p = size_run(dirs, cap_gb, batch_size=256)
     assert p.max_pool_size > 40_000_000  # ~0.45 GB of indices
     assert p.pool_size == 240_000 and p.fits  # by default the largest useful pool: one epoch
     StreamingMixedShardDataset(dirs, pool_size=p.max_pool_size, max_memory_gb=cap_gb, batch_size=256)
     with pytest.raises(ConfigError, match="cannot fit under max_memory_gb"):
         StreamingMixedShardDataset(dirs, pool_size=int(1.2 * p.max_pool_size), max_memory_gb=cap_gb, batch_size=256)
-    assert not plan(dirs, cap_gb, pool_size=int(1.2 * p.max_pool_size), batch_size=256).fits
+    assert not size_run(dirs, cap_gb, pool_size=int(1.2 * p.max_pool_size), batch_size=256).fits
 
 
 def test_build_time_is_the_right_order(dirs: list[Path], caplog: pytest.LogCaptureFixture) -> None:
     """Calibrated on this machine: the same order as the dataset's first fill (loose: timings are noisy)."""
-    p = plan(dirs, 5, pool_size=1_920_000, batch_size=256, factor=8, baseline_gb=0.2)
+    p = size_run(dirs, 5, pool_size=1_920_000, batch_size=256, factor=8, baseline_gb=0.2)
     caplog.set_level(logging.INFO, logger="mmpool")
     times = []
     for seed in range(3):
@@ -161,7 +161,7 @@ def test_build_time_is_the_right_order(dirs: list[Path], caplog: pytest.LogCaptu
 
 
 def test_str_reads_well(dirs: list[Path]) -> None:
-    p = plan(dirs, 2, pool_size=100_000, workers=2, batch_size=512, baseline_gb=0.25)
+    p = size_run(dirs, 2, pool_size=100_000, workers=2, batch_size=512, baseline_gb=0.25)
     text = str(p)
     assert text.startswith("plan for 2 directories: 240,000 records of 88 B in 60 shards, 30 packs\n")
     assert "  baseline    256.0 MB      (given)\n" in text
@@ -170,10 +170,10 @@ def test_str_reads_well(dirs: list[Path]) -> None:
     assert f"pool_size=100,000 fits; the largest pool that fits is {p.max_pool_size:,} entries\n" in text
     assert "pool window (one participant, at its widest): " in text
     assert "\nbuild: about " in text
-    small = plan(dirs, 0.3, pool_size=100_000_000, batch_size=512, baseline_gb=0.25)
+    small = size_run(dirs, 0.3, pool_size=100_000_000, batch_size=512, baseline_gb=0.25)
     assert not small.fits
     assert "pool_size=100,000,000 does NOT fit: the largest pool that fits is " in str(small)
-    assert isinstance(small, Plan)
+    assert isinstance(small, Sizing)
 
 
 def test_plan_command(dirs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,15 +187,15 @@ def test_plan_command(dirs: list[Path], capsys: pytest.CaptureFixture[str]) -> N
 
 def test_bad_arguments(dirs: list[Path]) -> None:
     with pytest.raises(ConfigError, match=r"max_memory_gb=0: must be a positive number of GiB"):
-        plan(dirs, 0)
+        size_run(dirs, 0)
     with pytest.raises(ConfigError, match=r"workers=-1: must be an integer >= 0"):
-        plan(dirs, 5, workers=-1)
+        size_run(dirs, 5, workers=-1)
     with pytest.raises(ConfigError, match=r"pool_size=1: must be an integer >= 2"):
-        plan(dirs, 5, pool_size=1)
+        size_run(dirs, 5, pool_size=1)
 
 
 def test_page_cache_fit_and_probe(dirs: list[Path]) -> None:
-    p = plan(dirs, 2, pool_size=100_000, batch_size=512, baseline_gb=0.25, probe_seconds=0.05)
+    p = size_run(dirs, 2, pool_size=100_000, batch_size=512, baseline_gb=0.25, probe_seconds=0.05)
     assert p.cache_bytes > 0 and p.window_shard_bytes > 0
     text = str(p)
     assert f"page cache: window {p.window_shard_bytes / (1 << 20):.1f} MB against " in text
@@ -205,4 +205,4 @@ def test_page_cache_fit_and_probe(dirs: list[Path]) -> None:
     # The same window against a page cache too small for it.
     tight = replace(p, cache_bytes=p.window_shard_bytes // 4)
     assert "does NOT fit: about 75% of the gathers read from disk; lower pool_size (to about " in str(tight)
-    assert plan(dirs, 2, pool_size=100_000, baseline_gb=0.25).probe_rate is None  # no probe unless asked
+    assert size_run(dirs, 2, pool_size=100_000, baseline_gb=0.25).probe_rate is None  # no probe unless asked

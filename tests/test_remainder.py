@@ -15,17 +15,8 @@ import pytest
 
 from mmpool.errors import ConfigError
 from mmpool.sampling.entries import pack, row_of, shard_of
-from mmpool.sampling.plan import (
-    Plan,
-    Remainder,
-    RunSpec,
-    collect,
-    continued_plan,
-    epoch_plan,
-    origin_remainder,
-    remainder_of,
-    subtract,
-)
+from mmpool.sampling.plan import Plan, Remainder, RunSpec, continued_plan, epoch_plan
+from mmpool.sampling.remainder import collect, origin_remainder, remainder_of, subtract
 from mmpool.sampling.schedule import Segments
 
 EPOCH = 3
