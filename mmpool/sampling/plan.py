@@ -90,7 +90,6 @@ class RunSpec:
 
     def pool_spec(self, plan: Plan, participant: int) -> PoolSpec:
         """What a mix needs to build this participant's pool for ``plan``."""
-        lo, hi = int(plan.bounds[participant]), int(plan.bounds[participant + 1])
         return PoolSpec(
             plan.segments[participant],
             self.capacity,
@@ -98,8 +97,8 @@ class RunSpec:
             self.factor,
             self.weights,
             self.shard_dir,
-            hi - lo,
-            partial(plan.pooled.range, lo, hi),
+            int(plan.bounds[participant + 1] - plan.bounds[participant]),
+            partial(plan.preloaded, participant),
         )
 
     def pool(

@@ -138,9 +138,9 @@ class StreamingMixedShardDataset(IterableDataset):
         if verbose:
             _enable_info_logging()
         self.catalog = open_catalog(self.config)
-        self.config.check_fields(self.catalog.schema.field_specs())
-        refuse_if_pool_cannot_fit(self.config, self.catalog.schema.itemsize)
         specs = self.catalog.schema.field_specs()
+        self.config.check_fields(specs)
+        refuse_if_pool_cannot_fit(self.config, self.catalog.schema.itemsize)
         self.game_key = None if game_field is None else GameKey(game_field, specs)
         self.board = StatsBoard(self.catalog.num_dirs, game_key=self.game_key is not None)
         self._epochs = EpochTable()
@@ -310,9 +310,6 @@ class StreamingMixedShardDataset(IterableDataset):
         state = self.__dict__.copy()
         state["_inherited"] = self._rank_and_world(strict=False)
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     def _state_config(self) -> dict[str, Any]:
         """What a saved state must match to be resumed."""

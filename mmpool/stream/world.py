@@ -83,14 +83,16 @@ def open_catalog(config: StreamConfig, upto: list[int] | None = None) -> Catalog
 def refresh_catalog(config: StreamConfig, old: Catalog, epoch: int, rank: int, world: int) -> Catalog:
     """``old``, or a catalog with the shards converted since it was read (the same on every rank); ``epoch`` is
     the epoch they join at, for the log. Only ever between epochs."""
-    upto = None
     dist = torch.distributed
     if world > 1 and dist.is_available() and dist.is_initialized():
         # Rank 0 reads the manifests and tells the others how far to read.
-        message = [last_numbers(open_catalog(config)) if rank == 0 else None]
+        fresh = open_catalog(config) if rank == 0 else None
+        message = [last_numbers(fresh) if fresh is not None else None]
         dist.broadcast_object_list(message, src=0)
-        upto = message[0]
-    fresh = open_catalog(config, upto)
+        if fresh is None:
+            fresh = open_catalog(config, message[0])
+    else:
+        fresh = open_catalog(config)
     if fresh.num_shards == old.num_shards and np.array_equal(fresh.shard_rows, old.shard_rows):
         return old
     for d in range(fresh.num_dirs):
